@@ -1,0 +1,34 @@
+"""mixelbo: the loss terms of "How to train your VAE" (Rivera, ICIP 2024) for PyTorch.
+
+Drop-in modules for the VAE code you already have:
+
+- :class:`MixtureKL`: KL_G of the batch-aggregate posterior against N(0, I) (eqs. 17-19);
+- :class:`IndividualVarianceKL`: KL_I, keeps posteriors from collapsing to Dirac deltas (eq. 20);
+- :class:`GaussianKL`: the standard VAE KL (eq. 10), for baselines;
+- :class:`PatchDiscriminator` and :class:`PatchGANLoss`: the adversarial terms (eqs. 21, 23);
+- :class:`RegularizedELBO`: eq. 22 as one module.
+
+The math lives in :mod:`mixelbo.functional`.
+"""
+
+from mixelbo import functional
+from mixelbo.gaussian_kl import GaussianKL
+from mixelbo.individual_variance_kl import IndividualVarianceKL
+from mixelbo.mixture_kl import MixtureKL
+from mixelbo.patch_discriminator import PatchDiscriminator
+from mixelbo.patchgan_loss import PatchGANLoss
+from mixelbo.regularized_elbo import ELBOTerms, RegularizedELBO
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ELBOTerms",
+    "GaussianKL",
+    "IndividualVarianceKL",
+    "MixtureKL",
+    "PatchDiscriminator",
+    "PatchGANLoss",
+    "RegularizedELBO",
+    "__version__",
+    "functional",
+]

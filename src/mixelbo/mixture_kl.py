@@ -1,0 +1,66 @@
+"""KL_G (eq. 19): the batch-aggregate posterior against N(0, I)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from mixelbo import functional as F
+from mixelbo._validation import check_option
+
+
+class MixtureKL(nn.Module):
+    r"""KL of the batch-aggregate (mixture) posterior against :math:`\mathcal N(0, I)`, eq. 19.
+
+    .. math::
+        \mathrm{KL}_G = \frac12 \sum_{j=1}^d
+            \left[\bar\sigma_j^2 + \bar\mu_j^2 - 1 - \log\bar\sigma_j^2\right],
+        \qquad \bar\mu_j = \frac1N \sum_i \mu^{(i)}_j \;\text{(eq. 17)}
+
+    with :math:`\bar\sigma_j^2` from the chosen estimator (see
+    :func:`mixelbo.functional.batch_moments`): ``"sample"`` (eq. 18, needs ``z``), ``"means"``
+    (the authors' public code) or ``"mixture"`` (the exact mixture variance).
+
+    Args:
+        variance: ``"sample"``, ``"means"`` or ``"mixture"``.
+        reduction: over latent dims, ``"sum"`` (eq. 19), ``"mean"`` or ``"none"``.
+        pattern: einops pattern mapping the inputs to ``(samples, dims)``, e.g.
+            ``"b c h w -> (b h w) c"`` for a spatial latent; ``None``: batch first, every
+            other axis a latent dim.
+
+    Shape:
+        - ``mu``, ``logvar``, ``z``: ``(N, ...)``, all the same shape, ``N >= 2``.
+        - Output: scalar, or ``(dims,)`` with ``reduction="none"``.
+
+    Raises:
+        ValueError: on unknown options, a missing ``z`` with ``variance="sample"``, shape
+            mismatch, non-floating dtypes or fewer than 2 samples.
+
+    Example:
+        >>> import torch
+        >>> kl_g = MixtureKL()
+        >>> mu, logvar = torch.randn(16, 8), torch.zeros(16, 8)
+        >>> z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        >>> kl_g(mu, logvar, z).shape
+        torch.Size([])
+    """
+
+    def __init__(
+        self,
+        variance: F.Variance = "sample",
+        reduction: F.DimReduction = "sum",
+        pattern: str | None = None,
+    ) -> None:
+        super().__init__()
+        check_option("variance", variance, F.VARIANCES)
+        check_option("reduction", reduction, F.DIM_REDUCTIONS)
+        self.variance = variance
+        self.reduction = reduction
+        self.pattern = pattern
+
+    def forward(self, mu: Tensor, logvar: Tensor | None, z: Tensor | None = None) -> Tensor:
+        return F.mixture_kl(
+            mu, logvar, z, variance=self.variance, reduction=self.reduction, pattern=self.pattern
+        )
+
+    def extra_repr(self) -> str:
+        return f"variance={self.variance!r}, reduction={self.reduction!r}, pattern={self.pattern!r}"
