@@ -12,22 +12,29 @@ The math lives in :mod:`mixelbo.functional`.
 """
 
 from mixelbo import functional
+from mixelbo.adaptive_weight import AdaptiveAdversarialWeight
 from mixelbo.gaussian_kl import GaussianKL
+from mixelbo.gradient_penalty import R1Penalty
 from mixelbo.individual_variance_kl import IndividualVarianceKL
 from mixelbo.mixture_kl import MixtureKL
+from mixelbo.multiscale_discriminator import MultiScaleDiscriminator
 from mixelbo.patch_discriminator import PatchDiscriminator
-from mixelbo.patchgan_loss import PatchGANLoss
+from mixelbo.patchgan_loss import DiscriminatorTerms, PatchGANLoss
 from mixelbo.regularized_elbo import ELBOTerms, RegularizedELBO
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveAdversarialWeight",
+    "DiscriminatorTerms",
     "ELBOTerms",
     "GaussianKL",
     "IndividualVarianceKL",
     "MixtureKL",
+    "MultiScaleDiscriminator",
     "PatchDiscriminator",
     "PatchGANLoss",
+    "R1Penalty",
     "RegularizedELBO",
     "__version__",
     "functional",

@@ -15,13 +15,16 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as torch_f
 from torch import Tensor
 
+from mixelbo import _fused
 from mixelbo._validation import (
+    accumulation_dtype,
     as_samples,
     check_floating,
     check_min_samples,
@@ -31,6 +34,7 @@ from mixelbo._validation import (
 
 __all__ = [
     "active_units",
+    "adaptive_adversarial_weight",
     "adversarial_discriminator_loss",
     "adversarial_generator_loss",
     "batch_moments",
@@ -39,6 +43,7 @@ __all__ = [
     "kl_per_dim",
     "mean_posterior_sigma",
     "mixture_kl",
+    "r1_penalty",
 ]
 
 Variance = Literal["sample", "means", "mixture"]
@@ -100,7 +105,7 @@ def batch_moments(
     Args:
         mu: posterior means, ``(N, ...)``.
         logvar: posterior log-variances :math:`\log\sigma^2`, shape of ``mu``; required by
-            ``variance="mixture"``.
+            ``variance="mixture"``, and checked (shape, dtype) whenever it is given.
         z: sampled latents, shape of ``mu``; required by ``variance="sample"``.
         variance: the estimator, ``"sample"``, ``"means"`` or ``"mixture"``.
         pattern: einops pattern mapping the inputs to ``(samples, dims)``.
@@ -119,26 +124,44 @@ def batch_moments(
         >>> batch_moments(mu, torch.zeros(2, 1), variance="mixture")
         (tensor([2.]), tensor([2.]))
     """
+    mu_s, logvar_s, z_s = _moment_samples(mu, logvar, z, variance, pattern)
+    mean = mu_s.mean(0)  # eq. 17
+    if variance == "sample":
+        assert z_s is not None
+        deviation = z_s - mean
+        return mean, deviation.square().mean(0)  # eq. 18
+    spread_of_means = (mu_s - mean).square().mean(0)
+    if variance == "means":
+        return mean, spread_of_means
+    assert logvar_s is not None
+    mean_individual_variance = logvar_s.exp().mean(0)
+    return mean, mean_individual_variance + spread_of_means
+
+
+def _moment_samples(
+    mu: Tensor, logvar: Tensor | None, z: Tensor | None, variance: str, pattern: str | None
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Validate the inputs of :func:`batch_moments` and view them as ``(samples, dims)``
+    matrices in the accumulation dtype: ``(mu, logvar or None, z or None)``, where ``logvar``
+    is returned for ``"mixture"`` and ``z`` for ``"sample"``. Shared by the eager and fused
+    paths so both raise the same errors."""
     check_option("variance", variance, VARIANCES)
     mu_s = as_samples("mu", mu, pattern)
     check_min_samples("mu", mu_s)
-    mean = mu_s.mean(0)  # eq. 17
+    if logvar is not None:  # validated even where the estimator ignores it
+        check_floating("logvar", logvar)
+        check_same_shape("logvar", logvar, "mu", mu)
     if variance == "sample":
         if z is None:
             raise ValueError('variance="sample" (eq. 18) needs the sampled latents z; got z=None')
         check_floating("z", z)
         check_same_shape("z", z, "mu", mu)
-        deviation = as_samples("z", z, pattern) - mean
-        return mean, deviation.square().mean(0)  # eq. 18
-    spread_of_means = (mu_s - mean).square().mean(0)
+        return mu_s, None, as_samples("z", z, pattern)
     if variance == "means":
-        return mean, spread_of_means
+        return mu_s, None, None
     if logvar is None:
         raise ValueError('variance="mixture" needs logvar; got logvar=None')
-    check_floating("logvar", logvar)
-    check_same_shape("logvar", logvar, "mu", mu)
-    mean_individual_variance = as_samples("logvar", logvar, pattern).exp().mean(0)
-    return mean, mean_individual_variance + spread_of_means
+    return mu_s, as_samples("logvar", logvar, pattern), None
 
 
 def mixture_kl(
@@ -149,6 +172,7 @@ def mixture_kl(
     variance: Variance = "sample",
     reduction: DimReduction = "sum",
     pattern: str | None = None,
+    fused: bool | None = None,
 ) -> Tensor:
     r"""KL_G of eq. 19: the batch-aggregate posterior against the prior :math:`\mathcal N(0, I)`.
 
@@ -164,6 +188,9 @@ def mixture_kl(
     Args:
         mu, logvar, z, variance, pattern: as in :func:`batch_moments`.
         reduction: over latent dims, ``"sum"`` (eq. 19), ``"mean"`` or ``"none"``.
+        fused: ``None`` (default): the fused kernels of :mod:`mixelbo._fused` unless
+            ``MIXELBO_COMPILE=0`` is set or compiling them failed; ``False``: this eager
+            reference expression; ``True``: the fused op (eager kernels if compilation is off).
 
     Returns:
         A scalar, or the per-dimension KL of shape ``(dims,)`` for ``reduction="none"``.
@@ -181,6 +208,12 @@ def mixture_kl(
         tensor(0.)
     """
     check_option("reduction", reduction, DIM_REDUCTIONS)
+    if fused if fused is not None else _fused.compile_enabled():
+        mu_s, logvar_s, z_s = _moment_samples(mu, logvar, z, variance, pattern)
+        fused_per_dim, fused_sum = _fused.mixture_kl_per_dim(mu_s, logvar_s, z_s, variance)
+        if reduction == "sum":
+            return fused_sum
+        return fused_per_dim if reduction == "none" else fused_sum / fused_per_dim.shape[0]
     mean, var = batch_moments(mu, logvar, z, variance=variance, pattern=pattern)
     var = var.clamp_min(torch.finfo(var.dtype).tiny)
     kl_per_dim = 0.5 * (var + mean.square() - 1.0 - var.log())  # eq. 19
@@ -193,6 +226,7 @@ def individual_variance_kl(
     form: Literal["paper", "kl"] = "paper",
     reduction: ElementReduction = "sum",
     pattern: str | None = None,
+    fused: bool | None = None,
 ) -> Tensor:
     r"""KL_I of eq. 20: penalises individual posteriors that shrink towards a Dirac delta.
 
@@ -211,6 +245,9 @@ def individual_variance_kl(
             authors' public code), ``"mean"`` (over all elements) or ``"none"``.
         pattern: einops pattern mapping ``logvar`` to ``(samples, dims)``; decides what
             ``"batchmean"`` divides by and the shape of ``"none"``.
+        fused: ``None`` (default): the fused kernel of :mod:`mixelbo._fused` for the scalar
+            reductions unless ``MIXELBO_COMPILE=0`` is set or compiling failed; ``False``: this
+            eager reference expression; ``True``: the fused op. ``"none"`` is always eager.
 
     Returns:
         A scalar, or the ``(samples, dims)`` elements for ``reduction="none"``.
@@ -227,6 +264,10 @@ def individual_variance_kl(
     check_option("reduction", reduction, ELEMENT_REDUCTIONS)
     logvar_s = as_samples("logvar", logvar, pattern)
     scale = 0.5 if form == "kl" else 1.0
+    if reduction != "none" and (fused if fused is not None else _fused.compile_enabled()):
+        total = _fused.individual_variance_kl_sum(logvar_s)
+        divisor = {"sum": 1, "batchmean": logvar_s.shape[0], "mean": logvar_s.numel()}[reduction]
+        return total if scale == 1.0 and divisor == 1 else total * (scale / divisor)
     elements = scale * (torch.expm1(logvar_s) - logvar_s)  # eq. 20: sigma^2 - 1 - log sigma^2
     return _reduce_elements(elements, reduction)
 
@@ -265,6 +306,7 @@ def gaussian_kl(
         tensor(1.5000)
     """
     check_option("reduction", reduction, ELEMENT_REDUCTIONS)
+    check_floating("mu", mu)
     check_floating("logvar", logvar)
     check_same_shape("logvar", logvar, "mu", mu)
     mu_s = as_samples("mu", mu, pattern)
@@ -319,7 +361,23 @@ def mean_posterior_sigma(logvar: Tensor, *, pattern: str | None = None) -> Tenso
     return as_samples("logvar", logvar, pattern).mul(0.5).exp().mean()
 
 
-def adversarial_generator_loss(fake_logits: Tensor, criterion: Criterion = "bce") -> Tensor:
+def _logit_maps(name: str, logits: Tensor | Sequence[Tensor]) -> list[Tensor]:
+    """One logit map or one per scale, each in the accumulation dtype (at least float32)."""
+    maps = [logits] if isinstance(logits, Tensor) else list(logits)
+    if not maps:
+        raise ValueError(f"{name} must be a tensor or a non-empty sequence of tensors; got []")
+    for scale, logit_map in enumerate(maps):
+        check_floating(name if len(maps) == 1 else f"{name}[{scale}]", logit_map)
+    return [m if m.dtype == torch.float64 else m.float() for m in maps]
+
+
+def _mean_over_scales(losses: list[Tensor]) -> Tensor:
+    return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+
+
+def adversarial_generator_loss(
+    fake_logits: Tensor | Sequence[Tensor], criterion: Criterion = "bce"
+) -> Tensor:
     r"""The generator's adversarial term of eq. 21, averaged over the patch-logit map.
 
     - ``"bce"``: :math:`H[\mathbf 1, \sigma(D(\hat x))]`
@@ -327,23 +385,32 @@ def adversarial_generator_loss(fake_logits: Tensor, criterion: Criterion = "bce"
     - ``"hinge"``: :math:`-\mathrm{mean}\, D(\hat x)` (Lim and Ye 2017; Miyato et al. 2018);
     - ``"lsgan"``: :math:`\mathrm{mean}\,(D(\hat x) - 1)^2` (Mao et al. 2017).
 
+    ``fake_logits`` may be a list of maps, one per scale of a
+    :class:`~mixelbo.MultiScaleDiscriminator`; the loss is then the mean over scales.
+
     Example:
         >>> import torch
         >>> adversarial_generator_loss(torch.zeros(1, 1, 2, 2))  # log 2
         tensor(0.6931)
     """
     check_option("criterion", criterion, CRITERIA)
-    check_floating("fake_logits", fake_logits)
-    logits = fake_logits.float() if fake_logits.dtype != torch.float64 else fake_logits
-    if criterion == "bce":
-        return torch_f.softplus(-logits).mean()  # -log sigmoid(l) = softplus(-l)
-    if criterion == "hinge":
-        return -logits.mean()
-    return (logits - 1.0).square().mean()
+    losses = []
+    for logits in _logit_maps("fake_logits", fake_logits):
+        if criterion == "bce":
+            losses.append(torch_f.softplus(-logits).mean())  # -log sigmoid(l) = softplus(-l)
+        elif criterion == "hinge":
+            losses.append(-logits.mean())
+        else:
+            losses.append((logits - 1.0).square().mean())
+    return _mean_over_scales(losses)
 
 
 def adversarial_discriminator_loss(
-    real_logits: Tensor, fake_logits: Tensor, criterion: Criterion = "bce"
+    real_logits: Tensor | Sequence[Tensor],
+    fake_logits: Tensor | Sequence[Tensor],
+    criterion: Criterion = "bce",
+    *,
+    label_smoothing: float = 0.0,
 ) -> Tensor:
     r"""The discriminator's loss of eq. 23, each part averaged over its patch-logit map.
 
@@ -354,18 +421,201 @@ def adversarial_discriminator_loss(
       :math:`+ \mathrm{mean}\,\mathrm{relu}(1 + D(\hat x))`;
     - ``"lsgan"``: :math:`\mathrm{mean}\,(D(x) - 1)^2 + \mathrm{mean}\,D(\hat x)^2`.
 
+    One-sided label smoothing (Salimans et al. 2016, sec. 3.4) replaces the target of the
+    *real* images by :math:`t = 1 - s` and leaves the fake target at 0, so the discriminator
+    is not rewarded for ever more confident logits on real data (which would send vanishing
+    or exploding gradients to the generator); the generator's loss is unchanged. For
+    ``"bce"`` the real part becomes
+    :math:`\mathrm{mean}[t\,\mathrm{softplus}(-D(x)) + (1 - t)\,\mathrm{softplus}(D(x))]`,
+    for ``"lsgan"`` :math:`\mathrm{mean}\,(D(x) - t)^2`. The hinge loss has no target to
+    smooth (its margin already stops rewarding logits beyond 1), so ``"hinge"`` with
+    ``label_smoothing > 0`` raises.
+
+    Lists of maps (one per scale) give the mean over scales of the per-scale losses.
+
+    Raises:
+        ValueError: on an unknown ``criterion``, ``label_smoothing`` outside ``[0, 1)``, label
+            smoothing with ``"hinge"``, non-floating logits, or different numbers of scales.
+
     Example:
         >>> import torch
         >>> adversarial_discriminator_loss(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))
         tensor(1.3863)
     """
     check_option("criterion", criterion, CRITERIA)
-    check_floating("real_logits", real_logits)
-    check_floating("fake_logits", fake_logits)
-    real = real_logits.float() if real_logits.dtype != torch.float64 else real_logits
-    fake = fake_logits.float() if fake_logits.dtype != torch.float64 else fake_logits
-    if criterion == "bce":
-        return torch_f.softplus(-real).mean() + torch_f.softplus(fake).mean()
-    if criterion == "hinge":
-        return torch_f.relu(1.0 - real).mean() + torch_f.relu(1.0 + fake).mean()
-    return (real - 1.0).square().mean() + fake.square().mean()
+    check_label_smoothing(label_smoothing, criterion)
+    real_maps = _logit_maps("real_logits", real_logits)
+    fake_maps = _logit_maps("fake_logits", fake_logits)
+    if len(real_maps) != len(fake_maps):
+        raise ValueError(
+            "real_logits and fake_logits must have the same number of scales; got "
+            f"{len(real_maps)} and {len(fake_maps)}"
+        )
+    real_target = 1.0 - label_smoothing
+    losses = []
+    for real, fake in zip(real_maps, fake_maps, strict=True):
+        if criterion == "bce":
+            real_part = torch_f.softplus(-real)
+            if label_smoothing > 0:  # H[t, sigmoid(l)] = t softplus(-l) + (1 - t) softplus(l)
+                real_part = real_target * real_part + label_smoothing * torch_f.softplus(real)
+            losses.append(real_part.mean() + torch_f.softplus(fake).mean())
+        elif criterion == "hinge":
+            losses.append(torch_f.relu(1.0 - real).mean() + torch_f.relu(1.0 + fake).mean())
+        else:
+            losses.append((real - real_target).square().mean() + fake.square().mean())
+    return _mean_over_scales(losses)
+
+
+def check_label_smoothing(label_smoothing: float, criterion: str) -> None:
+    """Raise ``ValueError`` unless ``label_smoothing`` is in ``[0, 1)`` and fits ``criterion``."""
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1); got {label_smoothing!r}")
+    if label_smoothing > 0 and criterion == "hinge":
+        raise ValueError(
+            "label_smoothing does not apply to the hinge loss (it has no target, only a "
+            f"margin); got label_smoothing={label_smoothing!r} with criterion='hinge'"
+        )
+
+
+def _gradient_or_zeros(loss: Tensor, weight: Tensor) -> Tensor:
+    """d loss / d weight, keeping the graph; zeros when ``loss`` does not depend on ``weight``."""
+    if not loss.requires_grad:
+        return torch.zeros_like(weight)
+    (gradient,) = torch.autograd.grad(loss, weight, retain_graph=True, allow_unused=True)
+    return torch.zeros_like(weight) if gradient is None else gradient
+
+
+def adaptive_adversarial_weight(
+    rec_loss: Tensor,
+    adv_loss: Tensor,
+    last_layer: Tensor,
+    *,
+    delta: float = 1e-4,
+    max_weight: float = 1e4,
+    fallback: float = 0.0,
+) -> Tensor:
+    r"""Adaptive weight of the adversarial term (Esser, Rombach and Ommer 2021).
+
+    .. math::
+        \lambda = \frac{\lVert \nabla_{G_L} \mathcal L_{rec} \rVert}
+                        {\lVert \nabla_{G_L} \mathcal L_{adv} \rVert + \delta}
+
+    where :math:`G_L` is the decoder's last layer: the adversarial gradient there is
+    rescaled to the size of the reconstruction gradient, so neither term drowns the other.
+    :math:`\lambda` is clamped to ``[0, max_weight]`` and detached (no gradient flows
+    through it), as in taming-transformers' ``calculate_adaptive_weight``.
+
+    Safer than that reference in three ways:
+
+    - the two gradients are upcast to float32 (float64 stays) *before* the norms, so a
+      float16/bfloat16 last layer cannot overflow the sum of squares to ``inf`` (``inf / inf``
+      is the ``NaN`` that ``clamp`` lets through);
+    - a non-finite ratio (``NaN``/``inf`` gradients, or ``0 / 0`` with ``delta=0``) gives
+      ``fallback`` instead of ``NaN``;
+    - outside autograd (``torch.no_grad()``, e.g. validation) or when ``rec_loss`` has no
+      graph there is no gradient to measure, and ``fallback`` is returned instead of raising.
+
+    A loss that does not depend on ``last_layer`` has a zero gradient there; with
+    ``delta > 0`` a zero adversarial gradient gives ``min(||grad rec|| / delta, max_weight)``.
+
+    Args:
+        rec_loss: the non-adversarial loss (its gradient at ``last_layer``), a scalar.
+        adv_loss: the generator's adversarial loss, a scalar.
+        last_layer: the weight of the decoder's last layer (requires grad).
+        delta: added to the denominator (1e-4 in taming-transformers).
+        max_weight: upper clamp (1e4 in taming-transformers).
+        fallback: the weight returned when the ratio is not finite or cannot be computed.
+
+    Returns:
+        A detached scalar in float32 (float64 if ``last_layer`` is float64).
+
+    Raises:
+        ValueError: if a loss is not a scalar, ``last_layer`` does not require grad, or
+            ``delta < 0``, ``max_weight <= 0`` or ``fallback`` is outside ``[0, max_weight]``.
+
+    Example:
+        >>> import torch
+        >>> w = torch.ones(3, requires_grad=True)
+        >>> adaptive_adversarial_weight((4 * w).sum(), w.sum(), w, delta=0.0)  # 4 sqrt3 / sqrt3
+        tensor(4.)
+    """
+    for name, loss in (("rec_loss", rec_loss), ("adv_loss", adv_loss)):
+        check_floating(name, loss)
+        if loss.numel() != 1:
+            raise ValueError(f"{name} must be a scalar; got shape {tuple(loss.shape)}")
+    check_floating("last_layer", last_layer)
+    if not last_layer.requires_grad:
+        raise ValueError(
+            "last_layer must require grad (pass the decoder's last weight, e.g. "
+            "decoder.final.weight); got a tensor with requires_grad=False"
+        )
+    if not delta >= 0:
+        raise ValueError(f"delta must be non-negative; got {delta!r}")
+    if not max_weight > 0:
+        raise ValueError(f"max_weight must be positive; got {max_weight!r}")
+    if not 0 <= fallback <= max_weight:
+        raise ValueError(f"fallback must be in [0, max_weight={max_weight}]; got {fallback!r}")
+    dtype = torch.float64 if last_layer.dtype == torch.float64 else torch.float32
+    if not (torch.is_grad_enabled() and rec_loss.requires_grad):
+        return torch.tensor(fallback, dtype=dtype, device=last_layer.device)
+    rec_gradient = _gradient_or_zeros(rec_loss, last_layer).detach().to(dtype)
+    adv_gradient = _gradient_or_zeros(adv_loss, last_layer).detach().to(dtype)
+    rec_norm = torch.linalg.vector_norm(rec_gradient)
+    adv_norm = torch.linalg.vector_norm(adv_gradient)
+    ratio = rec_norm / (adv_norm + delta)
+    return torch.where(ratio.isfinite(), ratio.clamp(0.0, max_weight), fallback)
+
+
+def r1_penalty(
+    real_logits: Tensor | Sequence[Tensor], real: Tensor, *, gamma: float = 1.0
+) -> Tensor:
+    r"""R1 gradient penalty on real data (Mescheder, Geiger and Nowozin 2018).
+
+    .. math:: R_1 = \frac{\gamma}{2}\, \mathbb E_{x \sim p_{data}}
+                    \lVert \nabla_x D(x) \rVert^2
+
+    It penalises the discriminator's slope on the data manifold, which makes GAN training
+    locally convergent where the unregularised game oscillates. For a patch map,
+    :math:`D(x)` is the *sum* of the image's logits (over every patch and, for a list of
+    maps, every scale), so a 1x1 map gives Mescheder's penalty exactly; the expectation is
+    the mean over the batch of the per-image squared norms. The logits are cast to float32
+    before the sum and the gradient is upcast before squaring, so the penalty is accumulated
+    in float32 under autocast; ``create_graph=True`` makes it differentiable with respect to
+    the discriminator's parameters.
+
+    Args:
+        real_logits: the discriminator's logits for ``real`` (a map or one map per scale).
+        real: the real batch, ``(B, ...)``, which must require grad and be the tensor the
+            logits were computed from (``real = real.detach().requires_grad_()`` before the
+            discriminator call).
+        gamma: the weight :math:`\gamma`.
+
+    Returns:
+        A scalar in float32 (float64 for float64 inputs), differentiable w.r.t. the
+        discriminator's parameters.
+
+    Raises:
+        ValueError: if ``real`` does not require grad, the logits do not depend on it, or
+            ``gamma < 0``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.ones(2, 3, requires_grad=True)
+        >>> r1_penalty((2 * x).sum(1), x, gamma=1.0)  # gradient 2 per entry: 1/2 * 12
+        tensor(6.)
+    """
+    check_floating("real", real)
+    if not gamma >= 0:
+        raise ValueError(f"gamma must be non-negative; got {gamma!r}")
+    if not real.requires_grad:
+        raise ValueError(
+            "real must require grad: call real = real.detach().requires_grad_() before the "
+            "discriminator, then pass the same tensor"
+        )
+    maps = _logit_maps("real_logits", real_logits)
+    score = torch.stack([logit_map.sum() for logit_map in maps]).sum()
+    (gradient,) = torch.autograd.grad(score, real, create_graph=True, allow_unused=True)
+    if gradient is None:
+        raise ValueError("real_logits do not depend on real; pass the tensor D was called on")
+    squared_norm = gradient.to(accumulation_dtype(real)).square().flatten(1).sum(1)
+    return 0.5 * gamma * squared_norm.mean()

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import Tensor, nn
 
 from mixelbo import functional as F
 from mixelbo._validation import check_option
+from mixelbo.distributed import is_synced, synced_mixture_kl
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 
 class MixtureKL(nn.Module):
@@ -26,6 +32,11 @@ class MixtureKL(nn.Module):
         pattern: einops pattern mapping the inputs to ``(samples, dims)``, e.g.
             ``"b c h w -> (b h w) c"`` for a spatial latent; ``None``: batch first, every
             other axis a latent dim.
+        sync: ``False`` (default): moments of the local batch, like BatchNorm. ``True`` or a
+            ``torch.distributed`` process group: when ``torch.distributed`` is initialised
+            with more than one rank, the moments of the global batch across ranks (see
+            :mod:`mixelbo.distributed`; under DDP the averaged gradients equal those of the
+            one-process loss on the concatenated batch); a no-op with one process.
 
     Shape:
         - ``mu``, ``logvar``, ``z``: ``(N, ...)``, all the same shape, ``N >= 2``.
@@ -49,6 +60,7 @@ class MixtureKL(nn.Module):
         variance: F.Variance = "sample",
         reduction: F.DimReduction = "sum",
         pattern: str | None = None,
+        sync: bool | ProcessGroup = False,
     ) -> None:
         super().__init__()
         check_option("variance", variance, F.VARIANCES)
@@ -56,11 +68,21 @@ class MixtureKL(nn.Module):
         self.variance = variance
         self.reduction = reduction
         self.pattern = pattern
+        self.sync = sync
 
     def forward(self, mu: Tensor, logvar: Tensor | None, z: Tensor | None = None) -> Tensor:
+        if is_synced(self.sync):
+            return synced_mixture_kl(
+                mu, logvar, z, variance=self.variance, reduction=self.reduction,
+                pattern=self.pattern, group=None if self.sync is True else self.sync,
+            )  # fmt: skip
         return F.mixture_kl(
             mu, logvar, z, variance=self.variance, reduction=self.reduction, pattern=self.pattern
         )
 
     def extra_repr(self) -> str:
-        return f"variance={self.variance!r}, reduction={self.reduction!r}, pattern={self.pattern!r}"
+        sync = "" if self.sync is False else f", sync={self.sync!r}"
+        return (
+            f"variance={self.variance!r}, reduction={self.reduction!r}, "
+            f"pattern={self.pattern!r}{sync}"
+        )

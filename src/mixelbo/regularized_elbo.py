@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 from mixelbo import functional as F
 from mixelbo._validation import accumulation_dtype, check_floating, check_option, check_same_shape
+from mixelbo.adaptive_weight import AdaptiveAdversarialWeight
 from mixelbo.individual_variance_kl import IndividualVarianceKL
 from mixelbo.mixture_kl import MixtureKL
 from mixelbo.patchgan_loss import PatchGANLoss
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 
 class ELBOTerms(NamedTuple):
@@ -26,6 +31,8 @@ class ELBOTerms(NamedTuple):
     """The L1 term of eq. 21, unweighted."""
     adversarial: Tensor
     """H[1, D(x_hat)] of eq. 21, unweighted (zero without a discriminator)."""
+    adversarial_weight: Tensor | None = None
+    """Extra factor on beta4 adversarial: the adaptive weight (1 without it, 0 in warm-up)."""
 
 
 class RegularizedELBO(nn.Module):
@@ -37,6 +44,16 @@ class RegularizedELBO(nn.Module):
 
     (written as a loss to minimise). ``forward`` returns an :class:`ELBOTerms` with the total
     and each unweighted term; :meth:`discriminator_loss` is :math:`\beta_4` times eq. 23.
+
+    Adversarial options: warm-up, label smoothing, R1 and the discriminator's architecture
+    live on the :class:`~mixelbo.PatchGANLoss` passed as ``adversarial``; pass the step to
+    ``forward(..., step=)`` and :meth:`discriminator_loss` (``step=``). With
+    ``adaptive_weight`` the adversarial term is multiplied by
+    :math:`\lambda = \lVert\nabla_{G_L} \beta_3 L_1\rVert / (\lVert\nabla_{G_L} H\rVert + \delta)`
+    at the decoder's last layer :math:`G_L` (Esser et al. 2021; the KL terms do not depend on
+    the decoder), so :math:`\beta_4` becomes the ratio of the two gradients there (taming's
+    ``disc_weight``; pick it near 1, not the paper's 100); pass
+    ``forward(..., last_layer=decoder.<last conv>.weight)``.
 
     Two presets: :meth:`paper` (eq. 22 with :math:`(\beta_1..\beta_4) = (1, 0.5, 1000, 100)`
     and the eq. 18 ``"sample"`` variance) and :meth:`authors_code` (the public Keras code's
@@ -54,6 +71,11 @@ class RegularizedELBO(nn.Module):
             ``in_channels`` when ``beta4 != 0``.
         in_channels: image channels for the default discriminator.
         pattern: latent layout (see :class:`~mixelbo.MixtureKL`).
+        sync: global-batch moments for KL_G under ``torch.distributed`` (see
+            :class:`~mixelbo.MixtureKL`).
+        adaptive_weight: ``True`` (or an :class:`~mixelbo.AdaptiveAdversarialWeight` with
+            its own ``delta``, ``max_weight``, ``fallback``) to weight the adversarial term
+            adaptively; ``False`` (the paper) for the fixed :math:`\beta_4`.
 
     Shape:
         ``x``, ``x_hat``: ``(B, C, H, W)`` (any shape, the same); ``mu``, ``logvar``, ``z``:
@@ -71,7 +93,7 @@ class RegularizedELBO(nn.Module):
         >>> terms = elbo(x, x.tanh(), mu, logvar, z)
         >>> terms.total.backward() if terms.total.requires_grad else None
         >>> sorted(terms._asdict())
-        ['adversarial', 'kl_g', 'kl_i', 'reconstruction', 'total']
+        ['adversarial', 'adversarial_weight', 'kl_g', 'kl_i', 'reconstruction', 'total']
     """
 
     def __init__(
@@ -88,6 +110,8 @@ class RegularizedELBO(nn.Module):
         adversarial: PatchGANLoss | None = None,
         in_channels: int = 3,
         pattern: str | None = None,
+        adaptive_weight: bool | AdaptiveAdversarialWeight = False,
+        sync: bool | ProcessGroup = False,
     ) -> None:
         super().__init__()
         check_option("kl_i_reduction", kl_i_reduction, ("sum", "batchmean", "mean"))
@@ -95,12 +119,17 @@ class RegularizedELBO(nn.Module):
             "reconstruction_reduction", reconstruction_reduction, ("sum", "batchmean", "mean")
         )
         self.beta1, self.beta2, self.beta3, self.beta4 = beta1, beta2, beta3, beta4
-        self.kl_g = MixtureKL(variance=variance, reduction="sum", pattern=pattern)
+        self.kl_g = MixtureKL(variance=variance, reduction="sum", pattern=pattern, sync=sync)
         self.kl_i = IndividualVarianceKL(form=kl_i_form, reduction=kl_i_reduction, pattern=pattern)
         self.reconstruction_reduction = reconstruction_reduction
         if adversarial is None and beta4 != 0:
             adversarial = PatchGANLoss(in_channels=in_channels)
         self.adversarial = adversarial
+        if adaptive_weight is True:
+            adaptive_weight = AdaptiveAdversarialWeight()
+        if adaptive_weight is not False and adversarial is None:
+            raise ValueError("adaptive_weight needs an adversarial term; this ELBO has beta4=0")
+        self.adaptive_weight = adaptive_weight or None
 
     @classmethod
     def paper(cls, **overrides: Any) -> RegularizedELBO:
@@ -132,29 +161,55 @@ class RegularizedELBO(nn.Module):
         return total / x.shape[0] if self.reconstruction_reduction == "batchmean" else total
 
     def forward(
-        self, x: Tensor, x_hat: Tensor, mu: Tensor, logvar: Tensor, z: Tensor | None = None
+        self,
+        x: Tensor,
+        x_hat: Tensor,
+        mu: Tensor,
+        logvar: Tensor,
+        z: Tensor | None = None,
+        *,
+        step: int | None = None,
+        last_layer: Tensor | None = None,
     ) -> ELBOTerms:
+        """Eq. 22 and its terms; ``step`` drives the adversarial warm-up, ``last_layer`` the
+        adaptive weight (the weight of the decoder's last layer; required with it)."""
         kl_g = self.kl_g(mu, logvar, z)
         kl_i = self.kl_i(logvar)
         reconstruction = self.reconstruction(x, x_hat)
-        adversarial = (
-            self.adversarial.generator_loss(x_hat)
-            if self.adversarial is not None
-            else reconstruction.new_zeros(())
+        adversarial, adversarial_weight = self._adversarial(
+            x_hat, self.beta3 * reconstruction, step, last_layer
         )
         total = (
             self.beta1 * kl_g
             + self.beta2 * kl_i
             + self.beta3 * reconstruction
-            + self.beta4 * adversarial
+            + self.beta4 * adversarial_weight * adversarial
         )  # eq. 22
-        return ELBOTerms(total, kl_g, kl_i, reconstruction, adversarial)
+        return ELBOTerms(total, kl_g, kl_i, reconstruction, adversarial, adversarial_weight)
 
-    def discriminator_loss(self, x: Tensor, x_hat: Tensor) -> Tensor:
-        """:math:`\\beta_4` times eq. 23; ``x_hat`` is detached inside."""
+    def _adversarial(
+        self, x_hat: Tensor, rec_loss: Tensor, step: int | None, last_layer: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """The generator's adversarial term and its extra weight (adaptive, 1, or 0 if off)."""
+        if self.adaptive_weight is not None and last_layer is None:
+            raise ValueError(
+                "adaptive_weight needs the decoder's last layer: pass "
+                "forward(..., last_layer=decoder.<last conv>.weight); got last_layer=None"
+            )
+        off = rec_loss.new_zeros(())
+        if self.adversarial is None or not self.adversarial.generator_active(step):
+            return off, off
+        adversarial = self.adversarial.generator_loss(x_hat, step=step)
+        if self.adaptive_weight is None or last_layer is None:
+            return adversarial, torch.ones_like(off)
+        return adversarial, self.adaptive_weight(rec_loss, adversarial, last_layer)
+
+    def discriminator_loss(self, x: Tensor, x_hat: Tensor, step: int | None = None) -> Tensor:
+        """:math:`\\beta_4` times eq. 23 (plus R1 if enabled, so its relative weight is
+        ``r1_gamma``); ``x_hat`` is detached inside; ``step`` drives warm-up and lazy R1."""
         if self.adversarial is None:
             raise ValueError("discriminator_loss needs an adversarial term; this ELBO has beta4=0")
-        return self.beta4 * self.adversarial.discriminator_loss(x, x_hat)
+        return self.beta4 * self.adversarial.discriminator_loss(x, x_hat, step=step)
 
     def extra_repr(self) -> str:
         return (

@@ -1,0 +1,1 @@
+"""Reference ResNetV2 VAE-GAN trainer, data pipeline and evaluation built on mixelbo."""

@@ -1,0 +1,560 @@
+"""Train the paper's ResNetV2 VAE-GAN with mixelbo: Algorithm 1 of "How to train your VAE".
+
+One readable loop, top to bottom. Each step:
+
+1. encode x, sample z = mu + sigma * eps, decode x_hat, score x_hat with the discriminator;
+2. a VAE (generator) step on ELBO_reg (eq. 22, :class:`mixelbo.RegularizedELBO`);
+3. a discriminator step on eq. 23 (:meth:`mixelbo.RegularizedELBO.discriminator_loss`).
+
+Usage::
+
+    mixelbo-train                                  # cpu-64 on the embedded procedural dataset
+    mixelbo-train --config paper-256 --data ~/celeba_hq --train-split 24000
+    mixelbo-train --run-dir runs/x --resume --steps 4000   # continue a run exactly
+    torchrun --nproc-per-node 8 -m reference_model.train --config paper-256 --data ...
+
+Exact resume: the data order is a per-epoch permutation drawn from a generator seeded by
+(seed, epoch), the flips are a function of (seed, epoch, index), and a checkpoint stores the
+optimizers, the GradScaler, the data position and every RNG state; on CPU with a fixed seed the
+losses after ``--resume`` equal those of an uninterrupted run bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from timm.layers import convert_sync_batchnorm
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from mixelbo import GaussianKL, PatchGANLoss, RegularizedELBO
+from mixelbo import functional as MF
+from reference_model.checkpoint import (
+    capture_rng_state,
+    latest_checkpoint,
+    load_training_state,
+    restore_rng_state,
+    save_checkpoint,
+)
+from reference_model.config import TrainConfig, config_from_args, load_toml, save_toml
+from reference_model.data import build_datasets, fixed_batch
+from reference_model.models import build_discriminator, build_vae, count_parameters
+
+__all__ = ["EpochBatchSampler", "NonFiniteLossError", "StandardELBO", "build_objective", "train"]
+
+# Fields that must not change when a run is resumed (they change the trajectory).
+_RESUME_INVARIANTS = (
+    "model", "objective", "beta", "gan", "data", "train_split", "procedural_size", "batch_size",
+    "lr", "disc_lr", "adam_beta1", "adam_beta2", "seed",
+)  # fmt: skip
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite; the message names the term(s)."""
+
+
+class VAETerms(NamedTuple):
+    """The standard (beta-)VAE objective and its unweighted terms, for logging."""
+
+    total: Tensor
+    kl: Tensor
+    reconstruction: Tensor
+    adversarial: Tensor
+
+
+class StandardELBO(nn.Module):
+    r"""The VAE / beta-VAE baseline with the authors' weights (eq. 10 KL + 5000 MAE).
+
+    .. math::
+        L = \beta\, \mathrm{KL}(q(z|x) \| \mathcal N(0, I)) + \beta_3\, \mathrm{MAE}(x, \hat x)
+            + \beta_4 H[\mathbf 1, D(\hat x)]
+
+    with the KL of eq. 10 summed over latent dims and averaged over the batch
+    (:class:`mixelbo.GaussianKL`), :math:`\beta_3 = 5000`, :math:`\beta_4 = 100` (0 without an
+    adversarial term). :math:`\beta = 1` is the standard VAE.
+
+    Args:
+        beta: KL weight.
+        adversarial: the PatchGAN loss, or ``None`` for no adversarial term.
+        beta3: reconstruction weight.
+        beta4: adversarial weight.
+    """
+
+    def __init__(
+        self,
+        beta: float,
+        adversarial: PatchGANLoss | None,
+        beta3: float = 5000.0,
+        beta4: float = 100.0,
+    ) -> None:
+        super().__init__()
+        self.beta, self.beta3 = beta, beta3
+        self.beta4 = beta4 if adversarial is not None else 0.0
+        self.kl = GaussianKL(reduction="batchmean")
+        self.adversarial = adversarial
+
+    def forward(
+        self,
+        x: Tensor,
+        x_hat: Tensor,
+        mu: Tensor,
+        logvar: Tensor,
+        z: Tensor | None = None,
+        step: int | None = None,
+    ) -> VAETerms:
+        """The loss and its terms; ``z`` is unused by eq. 10, ``step`` drives the GAN warm-up."""
+        kl = self.kl(mu, logvar)
+        reconstruction = (x - x_hat).abs().float().mean()
+        adversarial = (
+            self.adversarial.generator_loss(x_hat, step=step)
+            if self.adversarial is not None
+            else reconstruction.new_zeros(())
+        )
+        total = self.beta * kl + self.beta3 * reconstruction + self.beta4 * adversarial
+        return VAETerms(total, kl, reconstruction, adversarial)
+
+    def discriminator_loss(self, x: Tensor, x_hat: Tensor, step: int | None = None) -> Tensor:
+        """:math:`\\beta_4` times eq. 23; ``x_hat`` is detached inside."""
+        if self.adversarial is None:
+            raise ValueError("discriminator_loss needs an adversarial term; built with gan=False")
+        return self.beta4 * self.adversarial.discriminator_loss(x, x_hat, step=step)
+
+
+def build_objective(config: TrainConfig, discriminator: nn.Module | None) -> nn.Module:
+    """The loss module of ``config.objective``; ``discriminator`` may be a DDP/compiled wrapper.
+
+    Under DDP (world size > 1) the mixture KL's batch moments are taken over the global batch
+    (``RegularizedELBO(sync=True)``); the standard KL of ``vae`` / ``beta-vae`` is per sample
+    and needs no synchronisation.
+    """
+    adversarial = (
+        PatchGANLoss(
+            discriminator,
+            loss=config.gan_loss,
+            label_smoothing=config.label_smoothing,
+            start_step=config.gan_start_step,
+            discriminator_start_step=config.disc_start_step,
+            r1_gamma=config.r1_gamma,
+            r1_interval=config.r1_interval,
+        )
+        if discriminator is not None
+        else None
+    )
+    if config.objective in ("vae", "beta-vae"):
+        return StandardELBO(config.beta, adversarial)
+    options: dict[str, Any] = {
+        "adversarial": adversarial,
+        "adaptive_weight": config.adaptive_weight,
+    }
+    if adversarial is None:
+        options["beta4"] = 0.0
+    if _world_size() > 1:  # KL_G's moments (eqs. 17-18) over the global batch
+        options["sync"] = True
+    if config.objective == "mixture":
+        return RegularizedELBO.paper(**options)
+    return RegularizedELBO.authors_code(**options)
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Batches of a seeded per-epoch permutation, from a given batch on, sharded over ranks.
+
+    Epoch ``e``'s order is ``torch.randperm(n)`` from a generator seeded with
+    ``(seed, e)``; global batch ``b`` is ``perm[b * B:(b + 1) * B]`` and rank ``r`` of ``W``
+    takes its ``r``-th contiguous slice of ``B / W``. Incomplete last batches are dropped (the
+    batch moments of eqs. 17-18 need a full batch). Starting at batch ``start`` gives exactly
+    the batches an uninterrupted epoch would have given from there.
+    """
+
+    def __init__(
+        self, n: int, batch_size: int, seed: int, epoch: int, start: int = 0,
+        rank: int = 0, world_size: int = 1,
+    ) -> None:  # fmt: skip
+        if batch_size % world_size:
+            raise ValueError(
+                f"batch_size must be divisible by the world size {world_size}, got {batch_size}"
+            )
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
+        self.start, self.rank, self.world_size = start, rank, world_size
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.n // self.batch_size
+
+    def __len__(self) -> int:
+        return max(self.batches_per_epoch - self.start, 0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=generator).tolist()
+        local = self.batch_size // self.world_size
+        for batch in range(self.start, self.batches_per_epoch):
+            first = batch * self.batch_size + self.rank * local
+            yield order[first : first + local]
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def _default_run_dir(config: TrainConfig) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path(config.out_dir) / f"{config.model}-{config.objective}-{stamp}"
+
+
+def _to_image(x: Tensor) -> Tensor:
+    """[-1, 1] images to [0, 1] for TensorBoard."""
+    return (x.float().clamp(-1, 1) + 1) / 2
+
+
+def train(config: TrainConfig) -> Path:
+    """Train a VAE-GAN as ``config`` says; returns the run folder.
+
+    Raises:
+        NonFiniteLossError: when a loss term is NaN or infinite (no checkpoint is written
+            after it; the last good one stays on disk).
+        ValueError: on an inconsistent config or resume.
+    """
+    # ---- processes and device (torchrun sets WORLD_SIZE, RANK, LOCAL_RANK) ----------------
+    started_group = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        use_nccl = torch.cuda.is_available() and config.device != "cpu"
+        dist.init_process_group("nccl" if use_nccl else "gloo")
+        started_group = True
+    world, rank = _world_size(), dist.get_rank() if _world_size() > 1 else 0
+    device = _resolve_device(config.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    precision = config.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast = (
+        torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+
+    # ---- run folder ----------------------------------------------------------------------
+    run_dir = Path(config.run_dir) if config.run_dir else _default_run_dir(config)
+    if world > 1:  # every rank must use rank 0's folder (the default name has a timestamp)
+        shared = [str(run_dir)]
+        dist.broadcast_object_list(shared, src=0)
+        run_dir = Path(shared[0])
+    resume_from = latest_checkpoint(run_dir) if config.resume else None
+    if config.resume:
+        if resume_from is None:
+            raise ValueError(f"--resume: run folder {str(run_dir)!r} has no checkpoint")
+        saved = load_toml(resume_from / "config.toml")
+        changed = [k for k in _RESUME_INVARIANTS if saved.get(k) != getattr(config, k)]
+        if changed:
+            raise ValueError(
+                "--resume: these options differ from the run's config.toml and would change "
+                "the trajectory: "
+                + ", ".join(f"{k}={saved.get(k)!r}->{getattr(config, k)!r}" for k in changed)
+            )
+    elif latest_checkpoint(run_dir) is not None:
+        raise ValueError(
+            f"run_dir {str(run_dir)!r} already has checkpoints; pass --resume to continue it "
+            "or choose another --run-dir"
+        )
+    is_main = rank == 0
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_toml(config, run_dir / "config.toml")
+
+    # ---- data (flips and order are functions of the seed; see EpochBatchSampler) ---------
+    random.seed(config.seed)
+    np.random.seed(config.seed)  # noqa: NPY002 (the legacy global RNG, saved in checkpoints)
+    torch.manual_seed(config.seed)
+    model_config = config.model_config
+    data_options: dict[str, Any] = {"cache_dir": config.cache_dir}
+    if config.procedural_size is not None:
+        data_options["procedural_size"] = config.procedural_size
+    train_ds, test_ds = build_datasets(
+        config.data, model_config.image_size, config.train_split, config.seed, **data_options
+    )
+    batches_per_epoch = len(train_ds) // config.batch_size
+    if batches_per_epoch == 0:
+        raise ValueError(
+            f"the training split has {len(train_ds)} images, fewer than batch_size "
+            f"{config.batch_size}"
+        )
+    total_steps = (
+        math.ceil(config.epochs * batches_per_epoch) if config.epochs is not None else config.steps
+    )
+    num_workers = config.num_workers
+    if num_workers < 0:
+        num_workers = min(8, (os.cpu_count() or 2) - 1) if device.type == "cuda" else 0
+    eval_count = min(config.eval_images, len(test_ds))
+    eval_batch = fixed_batch(test_ds, eval_count) if eval_count >= 2 else None
+
+    # ---- networks, objective, optimizers --------------------------------------------------
+    vae = build_vae(model_config).to(device, memory_format=memory_format)
+    disc = build_discriminator(model_config, **config.discriminator_options)
+    disc = disc.to(device, memory_format=memory_format)
+    disc = disc if config.gan else None
+    if world > 1 and rank > 0:  # different sampling noise and dropout per rank
+        torch.manual_seed(config.seed + 1_000_003 * rank)
+    vae_model: nn.Module = vae
+    disc_model: nn.Module | None = disc
+    if world > 1 and config.sync_batchnorm:
+        if device.type != "cuda":
+            raise ValueError("sync_batchnorm needs CUDA devices; got device " + str(device))
+        vae = convert_sync_batchnorm(vae)
+        disc = convert_sync_batchnorm(disc) if disc is not None else None
+        vae_model, disc_model = vae, disc
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        vae_model = DistributedDataParallel(vae, device_ids=ids)
+        disc_model = DistributedDataParallel(disc, device_ids=ids) if disc is not None else None
+    if config.compile:
+        vae_model = torch.compile(vae_model)  # type: ignore[assignment]
+        disc_model = torch.compile(disc_model) if disc_model is not None else None  # type: ignore[assignment]
+    objective = build_objective(config, disc_model).to(device)
+    fused = {"fused": True} if device.type == "cuda" else {}
+    betas = (config.adam_beta1, config.adam_beta2)
+    opt_vae = torch.optim.Adam(vae.parameters(), lr=config.lr, betas=betas, **fused)
+    opt_disc = (
+        torch.optim.Adam(disc.parameters(), lr=config.disc_lr or config.lr, betas=betas, **fused)
+        if disc is not None
+        else None
+    )
+
+    # ---- resume ----------------------------------------------------------------------------
+    step, epoch, batch_in_epoch = 0, 0, 0
+    if resume_from is not None:
+        from safetensors.torch import load_file
+
+        vae.load_state_dict(load_file(resume_from / "vae.safetensors", device=str(device)))
+        if disc is not None and opt_disc is not None:
+            state_d = load_file(resume_from / "discriminator.safetensors", device=str(device))
+            disc.load_state_dict(state_d)
+        state = load_training_state(resume_from)
+        opt_vae.load_state_dict(state["optimizer_vae"])
+        if opt_disc is not None:
+            opt_disc.load_state_dict(state["optimizer_disc"])
+        scaler.load_state_dict(state["scaler"])
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        restore_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+
+    writer = None
+    metrics_file = None
+    if is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step if step else None)
+        metrics_path = run_dir / "metrics.jsonl"
+        if step and metrics_path.is_file():  # drop lines logged after the checkpoint
+            lines = metrics_path.read_text().splitlines(keepends=True)
+            kept = [line for line in lines if json.loads(line)["step"] <= step]
+            metrics_path.write_text("".join(kept))
+        metrics_file = open(metrics_path, "a")  # noqa: SIM115 (closed below)
+        disc_params = count_parameters(disc) if disc is not None else 0
+        print(
+            f"mixelbo-train: {config.model} ({count_parameters(vae) / 1e6:.2f} M VAE, "
+            f"{disc_params / 1e6:.2f} M discriminator parameters), objective {config.objective}"
+            f"{'' if disc is not None else ' without GAN'}, {len(train_ds)} train / "
+            f"{len(test_ds)} test images, {device}, {precision}, world size {world}; "
+            f"run folder {run_dir}" + (f"; resuming at step {step}" if step else ""),
+            file=sys.stderr,
+        )
+
+    def checkpoint() -> Path:
+        """Every rank's RNG state, gathered; rank 0 writes (the networks are identical)."""
+        rng = [capture_rng_state()]
+        if world > 1:
+            gathered: list[Any] = [None] * world
+            dist.all_gather_object(gathered, rng[0])
+            rng = gathered
+        path = run_dir / "checkpoints" / f"step_{step:08d}"
+        if is_main:
+            state = {
+                "epoch": epoch,
+                "batch_in_epoch": batch_in_epoch,
+                "optimizer_vae": opt_vae.state_dict(),
+                "optimizer_disc": opt_disc.state_dict() if opt_disc is not None else None,
+                "scaler": scaler.state_dict(),
+                "rng": rng,
+                "world_size": world,
+            }
+            path = save_checkpoint(
+                run_dir, step, vae=vae, discriminator=disc, state=state, config=config,
+                keep=config.keep_checkpoints,
+            )  # fmt: skip
+        if world > 1:
+            dist.barrier()
+        return path
+
+    @torch.no_grad()
+    def log_images_and_diagnostics() -> None:
+        """Test-split KL diagnostics and image grids; uses mu and a private RNG (exact resume)."""
+        if writer is None or eval_batch is None:
+            return
+        from torchvision.utils import make_grid
+
+        vae.eval()
+        x = eval_batch.to(device, memory_format=memory_format)
+        with autocast:
+            mu, logvar = vae.encode(x)
+            reconstruction = vae.decode(mu)
+            prior = torch.randn(
+                min(16, len(x)), vae.latent_dim, generator=torch.Generator().manual_seed(0)
+            )
+            samples = vae.decode(prior.to(device))
+        vae.train()
+        mu, logvar = mu.float(), logvar.float()
+        kl_dims = MF.kl_per_dim(mu, logvar)
+        writer.add_scalar("test/l1", (x - reconstruction).abs().float().mean().item(), step)
+        writer.add_scalar("test/active_units", MF.active_units(mu).item(), step)
+        writer.add_scalar("test/mean_posterior_sigma", MF.mean_posterior_sigma(logvar).item(), step)
+        writer.add_scalar(
+            "test/kl_g_mixture", MF.mixture_kl(mu, logvar, None, variance="mixture").item(), step
+        )
+        writer.add_histogram("test/kl_per_dim", kl_dims.cpu(), step)
+        shown = min(8, len(x))
+        pairs = torch.cat([x[:shown], reconstruction[:shown]]).float()
+        writer.add_image("images/test_and_reconstruction", make_grid(_to_image(pairs), shown), step)
+        writer.add_image("images/prior_samples", make_grid(_to_image(samples.float()), 4), step)
+
+    # ---- the loop (Algorithm 1) -------------------------------------------------------------
+    progress = tqdm(
+        total=total_steps * config.batch_size, initial=step * config.batch_size, unit="img",
+        unit_scale=True, dynamic_ncols=True, disable=not (config.progress and is_main),
+        desc=f"{config.model} {config.objective}",
+    )  # fmt: skip
+    last_checkpoint = latest_checkpoint(run_dir)
+    tic, tic_step = time.perf_counter(), step
+    last_layer = {"last_layer": vae.last_layer} if config.adaptive_weight else {}
+    # The sampler runs in this process, so one loader with persistent workers serves every
+    # epoch: set the sampler's epoch and start batch, and the dataset's epoch (its flips).
+    sampler = EpochBatchSampler(len(train_ds), config.batch_size, config.seed, 0, 0, rank, world)
+    loader = DataLoader(
+        train_ds, batch_sampler=sampler, num_workers=num_workers, pin_memory=device.type == "cuda",
+        persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(config.seed),  # leaves the global RNG alone
+    )  # fmt: skip
+    try:
+        while step < total_steps:
+            train_ds.set_epoch(epoch)
+            sampler.epoch, sampler.start = epoch, batch_in_epoch
+            for x in loader:
+                x = x.to(device, non_blocking=True, memory_format=memory_format)
+
+                # 1. encode, sample, decode; score x_hat; ELBO_reg (eq. 22)
+                with autocast:
+                    x_hat, mu, logvar, z = vae_model(x)
+                    terms = objective(x, x_hat, mu, logvar, z, step=step, **last_layer)
+                # 2. VAE (generator) step
+                opt_vae.zero_grad(set_to_none=True)
+                scaler.scale(terms.total).backward()
+                scaler.step(opt_vae)
+                # 3. discriminator step on eq. 23 (x_hat detached inside)
+                losses = terms._asdict()
+                if opt_disc is not None:
+                    with autocast:
+                        disc_loss = objective.discriminator_loss(x, x_hat, step=step)
+                    opt_disc.zero_grad(set_to_none=True)  # drops grads left by step 2
+                    scaler.scale(disc_loss).backward()
+                    scaler.step(opt_disc)
+                    losses["discriminator"] = disc_loss
+                scaler.update()
+                step += 1
+                batch_in_epoch += 1
+                if batch_in_epoch == batches_per_epoch:
+                    epoch, batch_in_epoch = epoch + 1, 0
+
+                # 4. check every term (one device sync); stop on NaN / inf naming the term
+                values = torch.stack([v.detach().float() for v in losses.values()])
+                if world > 1:
+                    dist.all_reduce(values)
+                    values /= world
+                named = dict(zip(losses, values.tolist(), strict=True))
+                bad = {k: v for k, v in named.items() if not math.isfinite(v)}
+                if bad:
+                    where = last_checkpoint or "none (no checkpoint was written yet)"
+                    raise NonFiniteLossError(
+                        f"non-finite loss at step {step}: "
+                        + ", ".join(f"{k}={v}" for k, v in bad.items())
+                        + f"; stopping. The last good checkpoint is {where}"
+                    )
+                progress.update(config.batch_size)
+
+                # 5. logs, images, checkpoints
+                if is_main and (step % config.log_every == 0 or step == total_steps):
+                    assert writer is not None and metrics_file is not None
+                    elapsed = time.perf_counter() - tic
+                    rate = (step - tic_step) * config.batch_size / max(elapsed, 1e-9)
+                    tic, tic_step = time.perf_counter(), step
+                    mu_f, logvar_f = mu.detach().float(), logvar.detach().float()
+                    named["kl_per_dim_mean"] = MF.kl_per_dim(mu_f, logvar_f).mean().item()
+                    named["mean_posterior_sigma"] = MF.mean_posterior_sigma(logvar_f).item()
+                    named["active_units_batch"] = float(MF.active_units(mu_f).item())
+                    for key, value in named.items():
+                        writer.add_scalar(f"train/{key}", value, step)
+                    writer.add_scalar("speed/images_per_s", rate, step)
+                    metrics_file.write(json.dumps({"step": step, "epoch": epoch, **named}) + "\n")
+                    metrics_file.flush()
+                    progress.set_postfix(loss=f"{named['total']:.4g}", step=step, refresh=False)
+                if step % config.image_every == 0 or step == total_steps:
+                    log_images_and_diagnostics()
+                if step % config.checkpoint_every == 0 or step == total_steps:
+                    last_checkpoint = checkpoint()
+                if step >= total_steps:
+                    break
+    finally:
+        progress.close()
+        if writer is not None:
+            writer.close()
+        if metrics_file is not None:
+            metrics_file.close()
+        if started_group:
+            dist.destroy_process_group()
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``mixelbo-train`` command; returns the exit status."""
+    try:
+        config = config_from_args(argv)
+    except ValueError as error:
+        print(f"mixelbo-train: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        run_dir = train(config)
+    except NonFiniteLossError as error:
+        print(f"mixelbo-train: {error}", file=sys.stderr)
+        return 1
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"mixelbo-train: done; run folder {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

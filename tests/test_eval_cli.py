@@ -1,0 +1,130 @@
+"""mixelbo-eval and mixelbo-compare end to end on a tiny run trained for a few steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from reference_model import figures
+from reference_model.checkpoint import load_run
+from reference_model.compare import main as compare_main
+from reference_model.compare import parse_objective
+from reference_model.config import TrainConfig
+from reference_model.evaluate import main as eval_main
+from reference_model.train import train
+
+PROCEDURAL = 80  # 64 train / 16 test images
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny-32 run trained for 3 steps on a small embedded dataset (once per module)."""
+    root = tmp_path_factory.mktemp("tiny")
+    config = TrainConfig.preset(
+        "tiny-32",
+        steps=3,
+        run_dir=str(root / "run"),
+        cache_dir=str(root / "cache"),
+        procedural_size=PROCEDURAL,
+        progress=False,
+    )
+    return train(config)
+
+
+def test_figures_from_a_tiny_checkpoint_have_the_paper_geometry(tiny_run: Path) -> None:
+    vae, _, config = load_run(tiny_run)
+    size, latent = config.model_config.image_size, vae.latent_dim
+    x = torch.rand(6, 3, size, size) * 2 - 1
+    assert figures.reconstruction_grid(vae, x).shape == (2, 6, 3, size, size)
+    assert figures.prior_samples(vae, latent, 6, 8).shape == (6, 8, 3, size, size)
+    fig4 = figures.variation_grid(vae, x[0], dims=(0, 1))
+    assert fig4.shape == (5, 5, 3, size, size)  # k in {-20, -10, 0, 10, 20} on both axes
+    fig5 = figures.transition_grid(vae, x[:3], x[3:], steps=6)
+    assert fig5.shape == (3, 6, 3, size, size)  # n = 6: a_k = k / 5
+    mu, _ = vae.encode(x[:1])
+    assert torch.allclose(fig4[2, 2], vae.decode(mu)[0], atol=1e-6)  # centre: k = 0, 0
+    assert torch.allclose(fig5[0, 0], vae.decode(vae.encode(x[:1])[0])[0], atol=1e-6)
+
+
+def test_mixelbo_eval_writes_the_report(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "report"
+    assert eval_main([str(tiny_run), "--out", str(out), "--no-progress", "--pairs", "3"]) == 0
+    assert str(out / "report.html") in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    test_images = PROCEDURAL // 5
+    assert metrics["reconstruction"]["images"] == test_images
+    assert metrics["bimodality"]["samples"] == test_images
+    assert 0 <= metrics["bimodality"]["bimodal_dims_z"] <= 16
+    assert metrics["collapse"]["latent_dim"] == 16
+    assert len(metrics["collapse"]["kl_per_dim"]) == 16
+    assert metrics["reconstruction"]["ssim"] <= 1.0
+    probe = {p["name"]: p for p in metrics["probe"]}
+    assert probe["shape"]["metric"] == "accuracy" and probe["x"]["metric"] == "r2"
+    assert probe["object_hue"]["kind"] == "circular"
+    # geometry of the rendered grids: white 2-px padding around 32x32 cells, scaled by matplotlib
+    for name in ("reconstructions", "samples", "fig4_variations", "fig5_transitions"):
+        assert Image.open(out / f"{name}.png").format == "PNG"
+    for name in ("fig6_joint_histogram", "latent_histograms", "collapse"):
+        assert (out / f"{name}.png").is_file()
+    assert metrics["figures"]["fig6_images"] == test_images
+    assert len(metrics["figures"]["fig5_pairs"]) == 3
+    markdown = (out / "report.md").read_text()
+    for link in ("fig4_variations.png", "fig5_transitions.png", "fig6_joint_histogram.png"):
+        assert f"]({link})" in markdown
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 7
+
+
+def test_mixelbo_eval_default_folder_and_chosen_dims(tiny_run: Path) -> None:
+    checkpoint = next((tiny_run / "checkpoints").iterdir())
+    argv = [str(checkpoint), "--no-progress", "--fig4-dims", "3", "5", "--n-test", "10"]
+    assert eval_main([*argv, "--fig6-dims", "2", "7"]) == 0
+    metrics = json.loads((tiny_run / f"report-{checkpoint.name}" / "metrics.json").read_text())
+    assert metrics["figures"]["fig4_dims"] == [3, 5] and metrics["figures"]["fig6_dims"] == [2, 7]
+    assert metrics["reconstruction"]["images"] == 10
+
+
+def test_mixelbo_eval_rejects_bad_arguments(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    assert eval_main([str(tmp_path / "nothing"), "--no-progress"]) == 2
+    assert "neither a run folder nor a checkpoint" in capsys.readouterr().err
+    assert eval_main([str(tiny_run), "--fig4-dims", "1", "1", "--no-progress"]) == 2
+    assert "fig4_dims must be two different latent indices" in capsys.readouterr().err
+
+
+def test_parse_objective() -> None:
+    assert parse_objective("mixture") == ("mixture", 1.0)
+    assert parse_objective("beta-vae=0.25") == ("beta-vae", 0.25)
+    for bad in ("beta-vae", "beta-vae=x", "beta-vae=-1", "vae=2", "ae"):
+        with pytest.raises(ValueError):
+            parse_objective(bad)
+
+
+def test_mixelbo_compare_end_to_end(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "compare"
+    argv = ["--out", str(out), "--config", "tiny-32", "--steps", "2", "--no-progress"]
+    argv += ["--procedural-size", str(PROCEDURAL), "--cache-dir", str(tmp_path / "cache")]
+    assert compare_main(argv) == 0  # default objectives: mixture, vae, beta < 1, beta > 1
+    summary = json.loads((out / "compare.json").read_text())
+    labels = [run["label"] for run in summary["runs"]]
+    assert labels == ["mixture", "vae", "beta-vae-0.1", "beta-vae-10"]
+    assert [(run["objective"], run["beta"]) for run in summary["runs"]][2:] == [
+        ("beta-vae", 0.1),
+        ("beta-vae", 10.0),
+    ]
+    table = (out / "compare.md").read_text()
+    for label in ("| mixture |", "| vae |", "| beta-vae (beta=0.1) |", "| beta-vae (beta=10) |"):
+        assert label in table
+    assert (out / "compare.html").read_text().count("data:image/png;base64,") == 4 * 4
+    for label in labels:
+        assert (out / label / "report.html").is_file()
+        assert (out / "runs" / label / "checkpoints").is_dir()
+    assert str(out / "compare.html") in capsys.readouterr().out
+    # a second call finds every run finished and only re-evaluates
+    assert compare_main([*argv, "--objectives", "mixture"]) == 0
+    again = json.loads((out / "compare.json").read_text())
+    assert [run["label"] for run in again["runs"]] == ["mixture"]
+    assert again["runs"][0]["train_seconds"] < 1.0

@@ -1,0 +1,310 @@
+"""The fused kernels (mixelbo._fused) against the eager reference path and float64 oracles.
+
+The eager reference (``fused=False``) is the oracle for values and gradients in every dtype,
+option and layout; float64 re-derivations check the fused float32 path on ill-conditioned
+inputs; ``gradcheck`` checks the hand-derived closed-form backward in float64. Compilation is
+shared: every test here reuses one forward and one backward graph per estimator and
+float32/float64 (dynamic shapes), so the module compiles 16 small graphs in all.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch._dynamo.utils import counters
+
+from mixelbo import IndividualVarianceKL, MixtureKL, _fused
+from mixelbo import functional as F
+
+VARIANCES = ("sample", "means", "mixture")
+DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+# value tolerance of the fused path against the eager one, per input dtype (both accumulate in
+# float32 for half inputs, so they differ only by float32 round-off); gradients w.r.t. half
+# inputs are rounded to the input dtype, so they may differ by one unit in the last place.
+VALUE_TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 2e-5, torch.float16: 2e-5}
+GRAD_TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+
+def _leaves(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    mu = 2.0 * torch.randn(shape, generator=generator, dtype=torch.float64) + 0.5
+    logvar = torch.randn(shape, generator=generator, dtype=torch.float64) - 0.5
+    z = mu + torch.randn(shape, generator=generator, dtype=torch.float64) * (0.5 * logvar).exp()
+    return [t.to(dtype).requires_grad_() for t in (mu, logvar, z)]
+
+
+def _value_and_grads(
+    fused: bool, leaves: list[torch.Tensor], **options: object
+) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    inputs = [t.detach().requires_grad_() for t in leaves]
+    value = F.mixture_kl(*inputs, fused=fused, **options)  # type: ignore[arg-type]
+    weights = torch.linspace(0.5, 1.5, value.numel(), dtype=value.dtype).reshape(value.shape)
+    (value * weights).sum().backward()  # a non-uniform upstream gradient for "none"
+    return value.detach(), [t.grad for t in inputs]
+
+
+def _assert_close(got: torch.Tensor, want: torch.Tensor, tol: float) -> None:
+    scale = want.abs().max().item() if want.numel() else 1.0
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol * max(scale, 1.0))
+
+
+@pytest.mark.parametrize("variance", VARIANCES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_mixture_kl_fused_matches_eager(variance: str, dtype: torch.dtype) -> None:
+    leaves = _leaves((24, 3, 5), dtype, seed=1)
+    for reduction in ("sum", "mean", "none"):
+        got, got_grads = _value_and_grads(True, leaves, variance=variance, reduction=reduction)
+        want, want_grads = _value_and_grads(False, leaves, variance=variance, reduction=reduction)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        _assert_close(got, want, VALUE_TOL[dtype])
+        for a, b in zip(got_grads, want_grads, strict=True):
+            assert (a is None) == (b is None)
+            if a is not None and b is not None:
+                assert a.dtype == dtype
+                _assert_close(a.double(), b.double(), GRAD_TOL[dtype])
+
+
+@pytest.mark.parametrize("pattern", ["b c h w -> (b h w) c", "b c h w -> b (c h w)"])
+def test_mixture_kl_fused_applies_the_pattern(pattern: str) -> None:
+    leaves = _leaves((4, 3, 2, 5), torch.float32, seed=2)
+    for variance in VARIANCES:
+        got, got_grads = _value_and_grads(True, leaves, variance=variance, pattern=pattern)
+        want, want_grads = _value_and_grads(False, leaves, variance=variance, pattern=pattern)
+        _assert_close(got, want, 2e-5)
+        for a, b in zip(got_grads, want_grads, strict=True):
+            if b is not None:
+                assert a is not None
+                _assert_close(a, b, 2e-5)
+
+
+@given(
+    n=st.integers(2, 40),
+    d=st.integers(1, 12),
+    variance=st.sampled_from(VARIANCES),
+    reduction=st.sampled_from(("sum", "mean", "none")),
+    dtype=st.sampled_from(DTYPES),
+    seed=st.integers(0, 2**16),
+)
+def test_mixture_kl_fused_matches_eager_on_random_shapes(
+    n: int, d: int, variance: str, reduction: str, dtype: torch.dtype, seed: int
+) -> None:
+    leaves = _leaves((n, d), dtype, seed)
+    got, got_grads = _value_and_grads(True, leaves, variance=variance, reduction=reduction)
+    want, want_grads = _value_and_grads(False, leaves, variance=variance, reduction=reduction)
+    _assert_close(got, want, VALUE_TOL[dtype])
+    for a, b in zip(got_grads, want_grads, strict=True):
+        if b is not None:
+            assert a is not None
+            _assert_close(a.double(), b.double(), GRAD_TOL[dtype])
+
+
+@given(
+    n=st.integers(1, 40),
+    d=st.integers(1, 12),
+    form=st.sampled_from(("paper", "kl")),
+    reduction=st.sampled_from(("sum", "batchmean", "mean")),
+    dtype=st.sampled_from(DTYPES),
+    seed=st.integers(0, 2**16),
+)
+def test_individual_kl_fused_matches_eager_on_random_shapes(
+    n: int, d: int, form: str, reduction: str, dtype: torch.dtype, seed: int
+) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    base = 3.0 * torch.randn(n, d, generator=generator, dtype=torch.float64)
+    base[0, 0] = 1e-4  # the Taylor branch near sigma = 1 ...
+    base[-1, -1] = -0.49  # ... at its edge
+    results = []
+    for fused in (True, False):
+        logvar = base.to(dtype).requires_grad_()
+        value = F.individual_variance_kl(logvar, form=form, reduction=reduction, fused=fused)  # type: ignore[arg-type]
+        value.backward()
+        results.append((value.detach(), logvar.grad))
+    (got, got_grad), (want, want_grad) = results
+    _assert_close(got, want, VALUE_TOL[dtype])
+    assert got_grad is not None and want_grad is not None
+    _assert_close(got_grad.double(), want_grad.double(), GRAD_TOL[dtype])
+
+
+def test_individual_kl_fused_float32_against_float64_oracle() -> None:
+    """Near sigma = 1 each element ~ x^2/2: the fused float32 kernel keeps full relative
+    precision there (Taylor series), measured against float64 expm1."""
+    logvar = torch.tensor([[1e-4, -3e-4, 2e-3, 0.3], [-0.45, 0.6, -5.0, 12.0]])
+    oracle = (torch.expm1(logvar.double()) - logvar.double()).sum()
+    got = F.individual_variance_kl(logvar, fused=True)
+    torch.testing.assert_close(got.double(), oracle, rtol=1e-6, atol=0)
+    small = logvar[:1, :3]
+    small_oracle = (torch.expm1(small.double()) - small.double()).sum()
+    torch.testing.assert_close(
+        F.individual_variance_kl(small, fused=True).double(), small_oracle, rtol=1e-5, atol=0
+    )
+
+
+@pytest.mark.parametrize("variance", VARIANCES)
+def test_fused_variance_does_not_cancel(variance: str) -> None:
+    """|mu| ~ 1e4 with spread ~ 0.1: E[x^2] - E[x]^2 in float32 loses every digit; the fused
+    kernel's variance (the op's statistics output) matches a float64 two-pass oracle."""
+    generator = torch.Generator().manual_seed(3)
+    mu = (1e4 + 0.1 * torch.randn(256, 6, generator=generator, dtype=torch.float64)).float()
+    logvar = torch.full_like(mu, -8.0)
+    z = (mu.double() + 0.05 * torch.randn(256, 6, generator=generator, dtype=torch.float64)).float()
+    m64, z64 = mu.double(), z.double()
+    mean = m64.mean(0)
+    spread = (m64 - mean).square().mean(0)
+    oracle = {
+        "sample": (z64 - mean).square().mean(0),
+        "means": spread,
+        "mixture": logvar.double().exp().mean(0) + spread,
+    }[variance]
+    args = (mu, logvar if variance == "mixture" else None, z if variance == "sample" else None)
+    _, _, stats = torch.ops.mixelbo.mixture_kl(*args, variance)
+    torch.testing.assert_close(stats[0].double(), mean, rtol=1e-6, atol=0)
+    torch.testing.assert_close(stats[1].double(), oracle, rtol=1e-5, atol=0)
+    naive = (z if variance == "sample" else mu).square().mean(0) - mu.mean(0).square()
+    assert not torch.allclose(naive.double(), oracle, rtol=1e-1)  # the test can fail
+
+
+@pytest.mark.parametrize("variance", VARIANCES)
+def test_fused_gradcheck_float64(variance: str) -> None:
+    mu, logvar, z = (
+        t.detach()[:6, :1, :3].clone().requires_grad_()
+        for t in _leaves((6, 1, 3), torch.float64, 4)
+    )
+
+    def kl_g(mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return F.mixture_kl(mu, logvar, z, variance=variance, reduction="none", fused=True)  # type: ignore[arg-type]
+
+    assert torch.autograd.gradcheck(kl_g, (mu, logvar, z))
+    assert torch.autograd.gradcheck(lambda lv: F.individual_variance_kl(lv, fused=True), (logvar,))
+
+
+def test_degenerate_batch_clamps_like_eager() -> None:
+    """All means equal: the variance is clamped at float32's tiny; value and gradient (zero
+    through the clamp, plus the mean term) match the eager reference."""
+    mu = torch.full((4, 3), 0.25, requires_grad=True)
+    got = F.mixture_kl(mu, variance="means", fused=True)
+    (got_grad,) = torch.autograd.grad(got, mu)
+    want = F.mixture_kl(mu, variance="means", fused=False)
+    (want_grad,) = torch.autograd.grad(want, mu)
+    assert torch.isfinite(got) and torch.isfinite(got_grad).all()
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_grad, want_grad)
+    torch.testing.assert_close(got_grad, torch.full((4, 3), 0.25 / 4))
+
+
+BAD_CALLS = [
+    dict(mu=torch.randn(1, 3), variance="means"),
+    dict(mu=torch.randn(4, 3), variance="sample"),
+    dict(mu=torch.randn(4, 3), variance="mixture"),
+    dict(mu=torch.randn(4, 3), z=torch.randn(4, 2), variance="sample"),
+    dict(mu=torch.randn(4, 3), logvar=torch.randn(5, 3), variance="mixture"),
+    dict(mu=torch.arange(12).reshape(4, 3), variance="means"),
+    dict(mu=torch.randn(4, 3), variance="bogus"),
+    dict(mu=torch.randn(4, 3), variance="means", reduction="max"),
+    dict(mu=torch.randn(4, 3, 2), variance="means", pattern="b c -> c b"),
+    dict(mu=torch.randn(4), variance="means"),
+]
+
+
+@pytest.mark.parametrize("call", BAD_CALLS, ids=range(len(BAD_CALLS)))
+def test_fused_and_eager_raise_the_same_error(call: dict) -> None:
+    args = dict(call)
+    tensors = [args.pop(name, None) for name in ("mu", "logvar", "z")]
+    messages = []
+    for fused in (True, False):
+        with pytest.raises(ValueError) as error:
+            F.mixture_kl(*tensors, fused=fused, **args)
+        messages.append(str(error.value))
+    assert messages[0] == messages[1]
+
+
+def test_modules_use_the_fused_path_by_default() -> None:
+    calls = counters["mixelbo_test"]
+    mu, logvar, z = _leaves((8, 4), torch.float32, 5)
+    before = dict(_fused._compiled)
+    MixtureKL()(mu, logvar, z)
+    IndividualVarianceKL()(logvar)
+    # the module call compiled (or reused) the fused kernels of both terms
+    assert "forward_sample" in _fused._compiled and "forward_kl_i" in _fused._compiled
+    del before, calls
+
+
+def test_batch_size_changes_do_not_recompile() -> None:
+    d = 8
+    for n in (5, 9):  # warm-up: compile once per graph (dynamic shapes from the start)
+        mu, logvar, z = _leaves((n, d), torch.float32, n)
+        for variance in VARIANCES:
+            F.mixture_kl(mu, logvar, z, variance=variance, fused=True).backward()  # type: ignore[arg-type]
+        F.individual_variance_kl(logvar, fused=True).backward()
+    graphs = counters["stats"]["unique_graphs"]
+    for n in (2, 3, 17, 64, 200, 500):  # numel stays in one Inductor size class (<= 4096)
+        mu, logvar, z = _leaves((n, d), torch.float32, n)
+        for variance in VARIANCES:
+            F.mixture_kl(mu, logvar, z, variance=variance, fused=True).backward()  # type: ignore[arg-type]
+        F.individual_variance_kl(logvar, fused=True).backward()
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_mixelbo_compile_0_forces_the_eager_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIXELBO_COMPILE", "0")
+    assert not _fused.compile_enabled()
+    mu, logvar, z = _leaves((6, 4), torch.float32, 6)
+    graphs = counters["stats"]["unique_graphs"]
+    frames = counters["frames"]["total"]
+    value = MixtureKL(variance="mixture")(mu, logvar, z)
+    torch.testing.assert_close(value, F.mixture_kl(mu, logvar, z, variance="mixture", fused=False))
+    value.backward()
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert counters["frames"]["total"] == frames  # Dynamo never ran
+
+
+def test_compile_failure_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_compile(*args: object, **kwargs: object) -> object:
+        def fail(*a: object) -> None:
+            raise RuntimeError("no C++ compiler")
+
+        return fail
+
+    monkeypatch.setattr(_fused, "_compiled", {})
+    monkeypatch.setattr(_fused, "_compile_failed", False)
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    mu, logvar, z = _leaves((6, 4), torch.float32, 7)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = F.mixture_kl(mu, logvar, z)
+        first.backward()
+        second = F.mixture_kl(mu, logvar, z, variance="means")
+        F.individual_variance_kl(logvar)
+    fallback = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(fallback) == 1 and "no C++ compiler" in str(fallback[0].message)
+    assert not _fused.compile_enabled()
+    torch.testing.assert_close(first, F.mixture_kl(mu, logvar, z, fused=False))
+    torch.testing.assert_close(second, F.mixture_kl(mu, logvar, z, variance="means", fused=False))
+
+
+@pytest.mark.parametrize("variance", VARIANCES)
+def test_custom_op_registration(variance: str) -> None:
+    """torch.library's own checks: schema, fake (meta) kernel, autograd registration and
+    tracing through AOTAutograd with dynamic shapes."""
+    mu, logvar, z = (
+        t.detach().reshape(10, 3).requires_grad_() for t in _leaves((10, 3), torch.float32, 8)
+    )
+    args = (
+        mu,
+        logvar if variance == "mixture" else None,
+        z if variance == "sample" else None,
+        variance,
+    )
+    torch.library.opcheck(torch.ops.mixelbo.mixture_kl.default, args)
+    torch.library.opcheck(torch.ops.mixelbo.individual_variance_kl.default, (logvar,))
+
+
+def test_second_derivatives_are_refused() -> None:
+    mu, logvar, z = _leaves((5, 3), torch.float64, 9)
+    value = F.mixture_kl(mu, logvar, z, fused=True)
+    (grad_mu,) = torch.autograd.grad(value, mu, create_graph=True)
+    with pytest.raises(RuntimeError):
+        grad_mu.sum().backward()
