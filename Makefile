@@ -46,10 +46,10 @@ demo: $(STAMP)
 	$(VENV)/bin/mixelbo-eval $(DEMO_RUN) --out $(DEMO_REPORT) $(DEMO_EVAL_FLAGS)
 	@echo "demo report: $(CURDIR)/$(DEMO_REPORT)/report.html (Markdown: report.md)"
 
-# `make compare`: the same model and budget with mixture, vae, beta-vae (0.1 and 10).
+# `make compare`: one model and step budget with mixture, vae, beta-vae (0.1 and 10).
 COMPARE_OUT ?= reports/compare
-COMPARE_FLAGS ?= --config cpu-32 --steps 600 --lr 1e-3 --n-test 1000 \
-	--set disc_start_step=200 --set gan_start_step=300
+COMPARE_FLAGS ?= --config cpu-32 --steps 300 --lr 1e-3 --n-test 1000 \
+	--set disc_start_step=100 --set gan_start_step=150
 
 compare: $(STAMP)
 	$(VENV)/bin/mixelbo-compare --out $(COMPARE_OUT) $(COMPARE_FLAGS)

@@ -157,7 +157,9 @@ def compare(
         run_started = time.perf_counter()
         run_dir = _train_once(config)
         train_seconds = time.perf_counter() - run_started
-        metrics = evaluate(run_dir, root / label, n_test=n_test, progress=progress)
+        metrics = evaluate(
+            run_dir, root / label, n_test=n_test, device=str(config.device), progress=progress
+        )
         metrics["label"] = label
         metrics["train_seconds"] = round(train_seconds, 1)
         metrics["steps"] = config.steps
@@ -318,8 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         f: getattr(args, f) for f in fields if getattr(args, f) is not None
     }
     if args.train_split is not None:
-        split = args.train_split
-        overrides["train_split"] = int(split) if split >= 1 else split
+        overrides["train_split"] = args.train_split
     if args.no_gan:
         overrides["gan"] = False
     try:

@@ -218,6 +218,8 @@ class TrainConfig:
             raise ValueError(f"beta applies to objective beta-vae only, got beta={self.beta}")
         if self.train_split <= 0:
             raise ValueError(f"train_split must be > 0, got {self.train_split}")
+        if self.train_split >= 1 and float(self.train_split).is_integer():
+            self.train_split = int(self.train_split)  # a count, also when TOML says 24000.0
         if self.epochs is not None and self.epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
         if self.lr <= 0 or (self.disc_lr is not None and self.disc_lr <= 0):
@@ -229,6 +231,21 @@ class TrainConfig:
     def model_config(self) -> ModelConfig:
         """The architecture named by ``model``."""
         return MODEL_CONFIGS[self.model]
+
+    def datasets(self, data: str | None = None) -> tuple[Any, Any]:
+        """The run's ``(train, test)`` datasets; ``data`` overrides ``self.data``."""
+        from reference_model.data import build_datasets
+
+        options: dict[str, Any] = {"cache_dir": self.cache_dir}
+        if self.procedural_size is not None:
+            options["procedural_size"] = self.procedural_size
+        return build_datasets(
+            self.data if data is None else data,
+            self.model_config.image_size,
+            self.train_split,
+            self.seed,
+            **options,
+        )
 
     @property
     def discriminator_options(self) -> dict[str, Any]:

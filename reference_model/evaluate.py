@@ -62,28 +62,9 @@ def most_active_dims(mu: Tensor, count: int = 2) -> list[int]:
 
 
 def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
+    if name == "auto":  # the trainer's default: cuda when there is one
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def _test_dataset(config: Any, data: str | None) -> Any:
-    from reference_model.data import build_datasets
-
-    kwargs: dict[str, Any] = {"cache_dir": config.cache_dir}
-    if config.procedural_size is not None:
-        kwargs["procedural_size"] = config.procedural_size
-    train_split = config.train_split
-    if train_split >= 1:
-        train_split = int(train_split)
-    _, test = build_datasets(
-        data if data is not None else config.data,
-        config.model_config.image_size,
-        train_split,
-        config.seed,
-        **kwargs,
-    )
-    return test
 
 
 def _default_out(source: Path) -> Path:
@@ -169,7 +150,7 @@ def evaluate(
     latent_dim = int(vae.latent_dim)
     _check_dims("fig4_dims", fig4_dims, latent_dim)
     _check_dims("fig6_dims", fig6_dims, latent_dim)
-    test = _test_dataset(config, data)
+    _, test = config.datasets(data)
     count = len(test) if n_test is None else min(n_test, len(test))
     if count < 8:
         raise ValueError(f"the test split has {len(test)} images; at least 8 are needed")
@@ -222,8 +203,8 @@ def evaluate(
     }
 
     # ---- bimodality of the sampled latents and of the means
-    bimodal_z = bimodality_test(z.double().numpy())
-    bimodal_mu = bimodality_test(mu64.numpy())
+    bimodal_z = bimodality_test(z.double().numpy(), progress=progress)
+    bimodal_mu = bimodality_test(mu64.numpy(), progress=progress)
     bimodality = {
         "rule": BIMODALITY_RULE,
         "samples": count,

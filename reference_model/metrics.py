@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as torch_f
 from numpy.typing import NDArray
 from torch import Tensor
+from tqdm.auto import tqdm
 
 __all__ = [
     "BIMODALITY_RULE",
@@ -208,7 +209,7 @@ def _normal_logpdf(x: Array, mean: Array, std: Array) -> Array:
 
 
 def fit_two_gaussians(
-    samples: Any, *, iterations: int = 300, tol: float = 1e-9
+    samples: Any, *, iterations: int = 100, tol: float = 1e-9
 ) -> tuple[Array, Array, Array, Array]:
     """Fit a two-component 1-D Gaussian mixture to every column by EM (vectorised).
 
@@ -323,12 +324,15 @@ def _kde_dip_ratio(data: Array, means: Array, grid_points: int = 64) -> Array:
     return np.nan_to_num(ratio, nan=1.0).min(axis=1)
 
 
-def bimodality_test(samples: Any) -> BimodalityResult:
+def bimodality_test(samples: Any, *, chunk: int = 16, progress: bool = False) -> BimodalityResult:
     """Classify every column of ``samples`` as bimodal or not (see :data:`BIMODALITY_RULE`).
 
     Args:
         samples: ``(N, D)`` array or tensor (``N >= 8``), e.g. sampled latents of a test set;
             a 1-D array is one coordinate.
+        chunk: columns processed together (bounds the memory: the density estimate holds
+            ``chunk * 64 * N`` floats).
+        progress: show a tqdm progress bar over the columns.
 
     Returns:
         A :class:`BimodalityResult`; ``.count`` is the number of bimodal coordinates.
@@ -344,6 +348,26 @@ def bimodality_test(samples: Any) -> BimodalityResult:
         [True, False]
     """
     data = _as_columns(samples)
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1; got {chunk}")
+    parts = [
+        _bimodality_columns(data[:, start : start + chunk])
+        for start in tqdm(
+            range(0, data.shape[1], chunk),
+            desc="bimodality test",
+            unit="chunk",
+            disable=not progress,
+        )
+    ]
+    return BimodalityResult(
+        **{
+            name: np.concatenate([getattr(part, name) for part in parts])
+            for name in BimodalityResult.__dataclass_fields__
+        }
+    )
+
+
+def _bimodality_columns(data: Array) -> BimodalityResult:
     n = data.shape[0]
     columns = data.T
     variance = columns.var(axis=1)

@@ -52,7 +52,7 @@ from reference_model.checkpoint import (
     save_checkpoint,
 )
 from reference_model.config import TrainConfig, config_from_args, load_toml, save_toml
-from reference_model.data import build_datasets, fixed_batch
+from reference_model.data import fixed_batch
 from reference_model.models import build_discriminator, build_vae, count_parameters
 
 __all__ = ["EpochBatchSampler", "NonFiniteLossError", "StandardELBO", "build_objective", "train"]
@@ -294,12 +294,7 @@ def train(config: TrainConfig) -> Path:
     np.random.seed(config.seed)  # noqa: NPY002 (the legacy global RNG, saved in checkpoints)
     torch.manual_seed(config.seed)
     model_config = config.model_config
-    data_options: dict[str, Any] = {"cache_dir": config.cache_dir}
-    if config.procedural_size is not None:
-        data_options["procedural_size"] = config.procedural_size
-    train_ds, test_ds = build_datasets(
-        config.data, model_config.image_size, config.train_split, config.seed, **data_options
-    )
+    train_ds, test_ds = config.datasets()
     batches_per_epoch = len(train_ds) // config.batch_size
     if batches_per_epoch == 0:
         raise ValueError(

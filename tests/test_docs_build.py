@@ -69,10 +69,41 @@ def test_a_broken_reference_fails_the_build(tmp_path: Path) -> None:
     """The oracle for the strict build: a dangling API reference must fail it."""
     project = tmp_path / "project"
     shutil.copytree(ROOT / "docs", project / "docs")
-    shutil.copy(ROOT / "mkdocs.yml", project / "mkdocs.yml")
+    # the same config without the CLI-table hook (it only imports the trainer: slow, unrelated)
+    config = (ROOT / "mkdocs.yml").read_text()
+    config = re.sub(r"^hooks:\n(  - .*\n)+", "", config, flags=re.MULTILINE)
+    (project / "mkdocs.yml").write_text(config)
     (project / "src").symlink_to(ROOT / "src")
     page = project / "docs" / "troubleshooting.md"
     page.write_text(page.read_text() + "\nSee [MixtureKL][mixelbo.NoSuchThing].\n")
     done = build(project / "mkdocs.yml", tmp_path / "site")
     assert done.returncode != 0
     assert "mixelbo.NoSuchThing" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["reference_model.config", "reference_model.evaluate", "reference_model.compare",
+     "reference_model.prepare"],
+)  # fmt: skip
+def test_trainer_page_lists_every_command_option(site: Path, module: str) -> None:
+    """docs/trainer.md's option tables (docs/scripts/cli_tables.py) cover each parser."""
+    import argparse
+    import html as html_lib
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cli_tables", ROOT / "docs/scripts/cli_tables.py")
+    assert spec is not None and spec.loader is not None
+    cli_tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli_tables)
+    page = html_lib.unescape((site / "trainer" / "index.html").read_text())
+    assert "cli-options" not in page
+    options = [
+        option
+        for action in cli_tables.parser_of(module)._actions
+        if not isinstance(action, argparse._HelpAction)
+        for option in action.option_strings
+    ]
+    assert options
+    missing = [option for option in options if f"<code>{option}" not in page]
+    assert not missing, missing

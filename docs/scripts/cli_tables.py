@@ -71,12 +71,15 @@ def _default(action: argparse.Action) -> str:
 
 
 def options_table(parser: argparse.ArgumentParser) -> str:
-    rows = ["| option | default | description |", "| --- | --- | --- |"]
-    for action in parser._actions:
-        if isinstance(action, argparse._HelpAction):
-            continue
+    """One row per option; a default column only if some option has a default of its own."""
+    actions = [a for a in parser._actions if not isinstance(a, argparse._HelpAction)]
+    with_defaults = any(_default(a) for a in actions)
+    rows = ["| option | default | description |" if with_defaults else "| option | description |"]
+    rows.append("| --- | --- | --- |" if with_defaults else "| --- | --- |")
+    for action in actions:
         help_text = (action.help or "") % {"default": action.default, "prog": parser.prog}
-        rows.append(f"| {_usage(action)} | {_default(action)} | {_cell(help_text)} |")
+        default = f" {_default(action)} |" if with_defaults else ""
+        rows.append(f"| {_usage(action)} |{default} {_cell(help_text)} |")
     return "\n".join(rows)
 
 
