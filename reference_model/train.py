@@ -139,8 +139,9 @@ def build_objective(config: TrainConfig, discriminator: nn.Module | None) -> nn.
     """The loss module of ``config.objective``; ``discriminator`` may be a DDP/compiled wrapper.
 
     Under DDP (world size > 1) the mixture KL's batch moments are taken over the global batch
-    (``RegularizedELBO(sync=True)``); the standard KL of ``vae`` / ``beta-vae`` is per sample
-    and needs no synchronisation.
+    (``RegularizedELBO(sync=True)``) and a batch-summed KL_I (the paper preset) is weighted by
+    the world size, so the averaged gradients equal those of one process on the global batch;
+    per-sample means (the standard KL of ``vae`` / ``beta-vae``, the L1 term) need neither.
     """
     adversarial = (
         PatchGANLoss(
@@ -163,11 +164,18 @@ def build_objective(config: TrainConfig, discriminator: nn.Module | None) -> nn.
     }
     if adversarial is None:
         options["beta4"] = 0.0
-    if _world_size() > 1:  # KL_G's moments (eqs. 17-18) over the global batch
+    world = _world_size()
+    if world > 1:  # KL_G's moments (eqs. 17-18) over the global batch
         options["sync"] = True
-    if config.objective == "mixture":
-        return RegularizedELBO.paper(**options)
-    return RegularizedELBO.authors_code(**options)
+    preset = (
+        RegularizedELBO.paper if config.objective == "mixture" else RegularizedELBO.authors_code
+    )
+    objective = preset(**options)
+    if world > 1 and objective.kl_i.reduction == "sum":
+        # eq. 20 sums over the global batch, but each rank sums its B / W samples and DDP
+        # averages the W gradients: scale by W to get the single-process gradient exactly.
+        objective.beta2 *= world
+    return objective
 
 
 class EpochBatchSampler(Sampler[list[int]]):

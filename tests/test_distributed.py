@@ -71,6 +71,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
                 "grads": [p.grad.clone() for p in model.parameters()],
             }
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()  # both ranks done before teardown (gloo can abort on a racing exit)
     finally:
         dist.destroy_process_group()
 

@@ -356,3 +356,15 @@ def test_a_one_sample_batch_first_does_not_break_later_batches(
             expected = (logvar.exp() - 1 - logvar).sum()
             fused = F.individual_variance_kl(logvar, fused=True)
             torch.testing.assert_close(fused, expected)
+
+
+def test_a_fused_step_runs_every_kernel_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The backward receives a 0-dim gradient; a size check that treated it as a degenerate
+    # input once sent the whole KL_I backward to eager ops, silently (values were right).
+    monkeypatch.setattr(_fused, "_compiled", {})
+    monkeypatch.setattr(_fused, "_compile_failed", False)
+    mu, logvar, z = (torch.randn(8, 4, requires_grad=True) for _ in range(3))
+    loss = F.mixture_kl(mu, logvar, z, fused=True) + F.individual_variance_kl(logvar, fused=True)
+    loss.backward()
+    compiled = {name for name, _, _ in _fused._compiled}
+    assert compiled == {"forward_sample", "backward_sample", "forward_kl_i", "backward_kl_i"}

@@ -305,7 +305,7 @@ def _run(name: str, *args: Tensor | None) -> Any:
     # Symbolic tracing bakes sizes 0 and 1 into the graph as constants without a shape guard,
     # so a kernel traced on one row (or column) would be reused, wrongly, for larger inputs.
     # Such inputs run the same kernels eagerly (a handful of ops at that size).
-    degenerate = any(t is not None and min(t.shape, default=0) < 2 for t in args)
+    degenerate = any(t is not None and t.ndim > 0 and min(t.shape) < 2 for t in args)
     if degenerate or _compile_failed or os.environ.get("MIXELBO_COMPILE", "1") == "0":
         with torch.no_grad():
             return kernel(*args)

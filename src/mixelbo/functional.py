@@ -319,7 +319,18 @@ def kl_per_dim(mu: Tensor, logvar: Tensor, *, pattern: str | None = None) -> Ten
     r"""Diagnostic: the standard KL (eq. 10) of each latent dim, averaged over samples.
 
     Dimensions whose KL is near zero carry no information about the input (collapsed to the
-    prior). Returns shape ``(dims,)``.
+    prior).
+
+    Args:
+        mu: posterior means, ``(N, ...)``.
+        logvar: posterior log-variances, shape of ``mu``.
+        pattern: einops pattern mapping the inputs to ``(samples, dims)``.
+
+    Returns:
+        The mean KL per latent dim, ``(dims,)``, in the accumulation dtype.
+
+    Raises:
+        ValueError: as :func:`gaussian_kl` (shape mismatch, non-floating dtypes, bad pattern).
 
     Example:
         >>> import torch
@@ -334,7 +345,18 @@ def active_units(mu: Tensor, *, threshold: float = 0.01, pattern: str | None = N
 
     A unit is active when :math:`\mathrm{Cov}_x(E_{q(z|x)}[z_j]) > \text{threshold}`, i.e.
     when the population variance over samples of the posterior mean exceeds ``threshold``
-    (0.01 in the original). Pass the means of a whole evaluation set. Returns an int64 scalar.
+    (0.01 in the original). Pass the means of a whole evaluation set.
+
+    Args:
+        mu: posterior means over an evaluation set, ``(N, ...)``, ``N >= 2``.
+        threshold: activity above which a unit counts as active.
+        pattern: einops pattern mapping ``mu`` to ``(samples, dims)``.
+
+    Returns:
+        The number of active units, an int64 scalar.
+
+    Raises:
+        ValueError: on a non-floating ``mu``, a bad pattern or fewer than 2 samples.
 
     Example:
         >>> import torch
@@ -352,6 +374,16 @@ def mean_posterior_sigma(logvar: Tensor, *, pattern: str | None = None) -> Tenso
 
     Near zero, the encoder has become deterministic (individual posteriors collapsed to Dirac
     deltas, what eq. 20 prevents); near one for every dim, posteriors collapsed to the prior.
+
+    Args:
+        logvar: posterior log-variances, ``(N, ...)``.
+        pattern: einops pattern mapping ``logvar`` to ``(samples, dims)``.
+
+    Returns:
+        A scalar in the accumulation dtype.
+
+    Raises:
+        ValueError: on a non-floating ``logvar`` or a bad pattern.
 
     Example:
         >>> import torch
@@ -387,6 +419,17 @@ def adversarial_generator_loss(
 
     ``fake_logits`` may be a list of maps, one per scale of a
     :class:`~mixelbo.MultiScaleDiscriminator`; the loss is then the mean over scales.
+
+    Args:
+        fake_logits: the discriminator's logits on generated images, any shape, or a list of
+            them (one per scale).
+        criterion: ``"bce"``, ``"hinge"`` or ``"lsgan"``.
+
+    Returns:
+        A scalar, float32 for half-precision logits (float64 stays float64).
+
+    Raises:
+        ValueError: on an unknown ``criterion``, non-floating logits or an empty list.
 
     Example:
         >>> import torch
@@ -432,6 +475,15 @@ def adversarial_discriminator_loss(
     ``label_smoothing > 0`` raises.
 
     Lists of maps (one per scale) give the mean over scales of the per-scale losses.
+
+    Args:
+        real_logits: the discriminator's logits on real images, or a list (one per scale).
+        fake_logits: its logits on generated images, the same number of scales.
+        criterion: ``"bce"``, ``"hinge"`` or ``"lsgan"``.
+        label_smoothing: ``s`` in ``[0, 1)``; the real target becomes ``1 - s``.
+
+    Returns:
+        A scalar, float32 for half-precision logits (float64 stays float64).
 
     Raises:
         ValueError: on an unknown ``criterion``, ``label_smoothing`` outside ``[0, 1)``, label
