@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +16,7 @@ from reference_model import checkpoint as ckpt
 from reference_model.config import TrainConfig
 from reference_model.models import build_discriminator, build_vae
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small ops: threads only add contention
 
 
 def _config(tmp_path: Path) -> TrainConfig:

@@ -73,12 +73,7 @@ def train_toy_gan(adversarial_options: dict[str, object], seed: int = 0) -> torc
         return generator(torch.randn(20_000, 4, generator=data)).double()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> object:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: threads only add contention on a shared CI box
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small ops: threads only add contention
 
 
 # Checked over seeds 0-4 while tuning (mean error <= 0.17, covariance error <= 0.18, mass per

@@ -51,12 +51,7 @@ class AdaptiveAdversarialWeight(nn.Module):
 
     def __init__(self, delta: float = 1e-4, max_weight: float = 1e4, fallback: float = 0.0):
         super().__init__()
-        if not delta >= 0:
-            raise ValueError(f"delta must be non-negative; got {delta!r}")
-        if not max_weight > 0:
-            raise ValueError(f"max_weight must be positive; got {max_weight!r}")
-        if not 0 <= fallback <= max_weight:
-            raise ValueError(f"fallback must be in [0, max_weight={max_weight}]; got {fallback!r}")
+        F.check_adaptive_weight_options(delta, max_weight, fallback)
         self.delta, self.max_weight, self.fallback = delta, max_weight, fallback
 
     def forward(self, rec_loss: Tensor, adv_loss: Tensor, last_layer: Tensor) -> Tensor:

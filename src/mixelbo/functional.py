@@ -529,6 +529,16 @@ def check_label_smoothing(label_smoothing: float, criterion: str) -> None:
         )
 
 
+def check_adaptive_weight_options(delta: float, max_weight: float, fallback: float) -> None:
+    """Raise ``ValueError`` unless ``delta >= 0``, ``max_weight > 0``, ``0 <= fallback <= max``."""
+    if not delta >= 0:
+        raise ValueError(f"delta must be non-negative; got {delta!r}")
+    if not max_weight > 0:
+        raise ValueError(f"max_weight must be positive; got {max_weight!r}")
+    if not 0 <= fallback <= max_weight:
+        raise ValueError(f"fallback must be in [0, max_weight={max_weight}]; got {fallback!r}")
+
+
 def _gradient_or_zeros(loss: Tensor, weight: Tensor) -> Tensor:
     """d loss / d weight, keeping the graph; zeros when ``loss`` does not depend on ``weight``."""
     if not loss.requires_grad:
@@ -601,12 +611,7 @@ def adaptive_adversarial_weight(
             "last_layer must require grad (pass the decoder's last weight, e.g. "
             "decoder.final.weight); got a tensor with requires_grad=False"
         )
-    if not delta >= 0:
-        raise ValueError(f"delta must be non-negative; got {delta!r}")
-    if not max_weight > 0:
-        raise ValueError(f"max_weight must be positive; got {max_weight!r}")
-    if not 0 <= fallback <= max_weight:
-        raise ValueError(f"fallback must be in [0, max_weight={max_weight}]; got {fallback!r}")
+    check_adaptive_weight_options(delta, max_weight, fallback)
     dtype = torch.float64 if last_layer.dtype == torch.float64 else torch.float32
     if not (torch.is_grad_enabled() and rec_loss.requires_grad):
         return torch.tensor(fallback, dtype=dtype, device=last_layer.device)
