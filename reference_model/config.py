@@ -138,7 +138,7 @@ class TrainConfig:
     # data
     data: str | None = _opt(
         None,
-        "image folder (recursive jpg/png/webp) or a mixelbo-prepare array file; "
+        "image folder (recursive jpg/png/webp) or a folder written by mixelbo-prepare; "
         "default: the embedded procedural dataset",
     )
     train_split: float = _opt(
