@@ -1,6 +1,6 @@
 """Training throughput and model FLOPs utilisation (MFU) of the reference VAE-GAN.
 
-Times full training steps of ``reference_model.train`` (encode, sample, decode, ELBO_reg, VAE
+Times full training steps of ``mixelbo_reference.train`` (encode, sample, decode, ELBO_reg, VAE
 Adam step, discriminator step on eq. 23) on synthetic data already on the device, so the
 number is the model's speed, not the data pipeline's. FLOPs per step are counted once with
 :class:`torch.utils.flop_counter.FlopCounterMode` (convolutions and matmuls, forward and
@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from reference_model.config import PRESETS, TrainConfig
-from reference_model.models import build_discriminator, build_vae, count_parameters
-from reference_model.train import build_objective
+from mixelbo_reference.config import PRESETS, TrainConfig
+from mixelbo_reference.models import build_discriminator, build_vae, count_parameters
+from mixelbo_reference.train import build_objective
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from the vendors' data sheets.
 PEAK_BF16_TFLOPS = {

@@ -31,8 +31,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from reference_model.config import TrainConfig, load_toml, save_toml
-from reference_model.models import ResNetVAE, build_discriminator, build_vae
+from mixelbo_reference.config import TrainConfig, load_toml, save_toml
+from mixelbo_reference.models import ResNetVAE, build_discriminator, build_vae
 
 __all__ = [
     "capture_rng_state",

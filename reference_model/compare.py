@@ -1,7 +1,7 @@
 """``mixelbo-compare``: train one model with several objectives, evaluate each, one report.
 
 Every objective trains the same architecture on the same data with the same seed, batch size
-and step budget (through :func:`reference_model.train.train`), then :func:`evaluate` runs on
+and step budget (through :func:`mixelbo_reference.train.train`), then :func:`evaluate` runs on
 each run. The output folder holds ``runs/LABEL/`` (the training runs), ``LABEL/`` (each run's
 full report) and ``compare.md`` / ``compare.html`` / ``compare.json``: one side-by-side table
 and a figure page (reconstructions, prior samples, Fig. 6 and latent histograms per objective).
@@ -26,8 +26,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from reference_model.evaluate import evaluate, objective_label
-from reference_model.report import Figure, Heading, Paragraph, Table, write_json, write_report
+from mixelbo_reference.evaluate import evaluate, objective_label
+from mixelbo_reference.report import Figure, Heading, Paragraph, Table, write_json, write_report
 
 __all__ = [
     "DEFAULT_OBJECTIVES",
@@ -48,7 +48,7 @@ def parse_objective(spec: str) -> tuple[str, float]:
     Raises:
         ValueError: on an unknown objective or a beta that is not a positive number.
     """
-    from reference_model.config import OBJECTIVES
+    from mixelbo_reference.config import OBJECTIVES
 
     name, _, beta_text = spec.partition("=")
     if name not in OBJECTIVES:
@@ -74,7 +74,7 @@ def parse_settings(settings: Sequence[str]) -> dict[str, Any]:
     Raises:
         ValueError: on an entry without ``=`` or a name that is not a ``TrainConfig`` field.
     """
-    from reference_model.config import TrainConfig
+    from mixelbo_reference.config import TrainConfig
 
     known = {f.name for f in fields(TrainConfig)}
     parsed: dict[str, Any] = {}
@@ -96,8 +96,8 @@ def _label(name: str, beta: float) -> str:
 
 def _train_once(config: Any) -> Path:
     """Train ``config`` unless its run folder already holds the final step; resume otherwise."""
-    from reference_model.checkpoint import checkpoint_step, latest_checkpoint
-    from reference_model.train import train
+    from mixelbo_reference.checkpoint import checkpoint_step, latest_checkpoint
+    from mixelbo_reference.train import train
 
     run_dir = Path(config.run_dir)
     latest = latest_checkpoint(run_dir) if run_dir.is_dir() else None
@@ -131,7 +131,7 @@ def compare(
     Raises:
         ValueError: on an unknown objective, preset or config field, or duplicate objectives.
     """
-    from reference_model.config import TrainConfig
+    from mixelbo_reference.config import TrainConfig
 
     parsed = [parse_objective(spec) for spec in objectives]
     labels = [_label(name, beta) for name, beta in parsed]

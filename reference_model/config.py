@@ -19,7 +19,7 @@ from typing import Any, Literal, get_args
 
 import tomllib
 
-from reference_model.models import ModelConfig
+from mixelbo_reference.models import ModelConfig
 
 __all__ = [
     "MODEL_CONFIGS",
@@ -234,7 +234,7 @@ class TrainConfig:
 
     def datasets(self, data: str | None = None) -> tuple[Any, Any]:
         """The run's ``(train, test)`` datasets; ``data`` overrides ``self.data``."""
-        from reference_model.data import build_datasets
+        from mixelbo_reference.data import build_datasets
 
         options: dict[str, Any] = {"cache_dir": self.cache_dir}
         if self.procedural_size is not None:
@@ -249,7 +249,7 @@ class TrainConfig:
 
     @property
     def discriminator_options(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`reference_model.models.build_discriminator`."""
+        """Keyword arguments of :func:`mixelbo_reference.models.build_discriminator`."""
         return {
             "norm": self.disc_norm,
             "spectral_norm": self.disc_spectral_norm,

@@ -4,7 +4,7 @@ Every dataset here is a ``torch.utils.data.Dataset`` whose ``dataset[i]`` is a f
 shape ``(3, H, W)`` with values in ``[-1, 1]`` (``uint8 / 127.5 - 1``, as in the paper and the
 authors' code). Three sources, chosen by :func:`build_datasets`:
 
-* ``data=None``: the embedded procedural dataset (:mod:`reference_model.procedural`), generated
+* ``data=None``: the embedded procedural dataset (:mod:`mixelbo_reference.procedural`), generated
   from a seed and cached, so the trainer runs out of the box with no download.
 * a folder of images: :func:`list_images` finds every ``.jpg``, ``.jpeg``, ``.png`` and ``.webp``
   file below it (recursively, extensions case-insensitive) and sorts them by their path relative
@@ -14,7 +14,7 @@ authors' code). Three sources, chosen by :func:`build_datasets`:
   fraction in (0, 1)); the paper's CelebA-HQ split is ``train=24000``: the first 24 000 files
   train, the last 6 000 test. Each split is an :class:`ImageFolderDataset`, which decodes with
   Pillow, center-crops to a square, resizes to ``image_size`` (bicubic) and scales to [-1, 1].
-* a packed folder written by ``mixelbo-prepare PATH OUT`` (:mod:`reference_model.prepare`): one
+* a packed folder written by ``mixelbo-prepare PATH OUT`` (:mod:`mixelbo_reference.prepare`): one
   ``OUT/images.npy`` uint8 array of shape ``(N, S, S, 3)``, one row per file of the sorted list,
   and ``OUT/index.json`` (file list, image size, skipped files). :class:`PackedDataset`
   memory-maps it (no copy, no JPEG decoding while training) and the split is the same as for the
@@ -540,7 +540,7 @@ def build_datasets(
     """
     image_size = _check_image_size(image_size)
     if data is None:
-        from reference_model.procedural import ProceduralDataset
+        from mixelbo_reference.procedural import ProceduralDataset
 
         train_part, test_part = split_files(range(procedural_size), train)
         return (

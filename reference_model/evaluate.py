@@ -34,8 +34,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mixelbo import functional as F
-from reference_model import figures
-from reference_model.metrics import (
+from mixelbo_reference import figures
+from mixelbo_reference.metrics import (
     BIMODALITY_RULE,
     bimodality_test,
     l1_error,
@@ -43,7 +43,7 @@ from reference_model.metrics import (
     psnr,
     ssim,
 )
-from reference_model.report import Figure, Heading, Paragraph, Table, write_json, write_report
+from mixelbo_reference.report import Figure, Heading, Paragraph, Table, write_json, write_report
 
 __all__ = ["CIRCULAR_FACTORS", "build_parser", "evaluate", "main", "most_active_dims"]
 
@@ -69,7 +69,7 @@ def _resolve_device(name: str) -> torch.device:
 
 def _default_out(source: Path) -> Path:
     """``RUN/report`` for a run folder, ``RUN/report-step_N`` for one of its checkpoints."""
-    from reference_model.checkpoint import resolve_checkpoint
+    from mixelbo_reference.checkpoint import resolve_checkpoint
 
     if source.is_dir() and (source / "checkpoints").is_dir():
         return source / "report"
@@ -126,7 +126,7 @@ def evaluate(
     Raises:
         ValueError: on arguments out of range.
     """
-    from reference_model.checkpoint import load_run
+    from mixelbo_reference.checkpoint import load_run
 
     for name, value, minimum in (
         ("batch_size", batch_size, 1),
@@ -342,7 +342,7 @@ def objective_label(metrics: dict[str, Any]) -> str:
 
 
 def report_blocks(metrics: dict[str, Any]) -> list[Any]:
-    """The report of one run as blocks (see :mod:`reference_model.report`)."""
+    """The report of one run as blocks (see :mod:`mixelbo_reference.report`)."""
     rec, col, bim = metrics["reconstruction"], metrics["collapse"], metrics["bimodality"]
     fig = metrics["figures"]
     blocks: list[Any] = [

@@ -2,8 +2,8 @@
 
 Decoding JPEGs while training starves a fast GPU; packing once removes that cost. The images of
 ``PATH`` are listed and sorted exactly as training lists them
-(:func:`reference_model.data.list_images`), decoded, center-cropped and resized to ``--size``
-(:func:`reference_model.data.load_image`, the same function the folder dataset uses, so a packed
+(:func:`mixelbo_reference.data.list_images`), decoded, center-cropped and resized to ``--size``
+(:func:`mixelbo_reference.data.load_image`, the same function the folder dataset uses, so a packed
 image equals the decoded one byte for byte) by ``--workers`` processes, and written to the new
 folder ``OUT``:
 
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
-from reference_model.data import (
+from mixelbo_reference.data import (
     PACKED_ARRAY,
     PACKED_FORMAT,
     PACKED_INDEX,

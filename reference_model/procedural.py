@@ -69,7 +69,7 @@ import torch
 from matplotlib.colors import hsv_to_rgb
 from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
-from reference_model.data import AugmentedImageDataset
+from mixelbo_reference.data import AugmentedImageDataset
 
 GENERATOR_VERSION = 1
 """Part of the cache key; bump it whenever the images a seed gives change."""

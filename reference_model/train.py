@@ -11,7 +11,7 @@ Usage::
     mixelbo-train                                  # cpu-64 on the embedded procedural dataset
     mixelbo-train --config paper-256 --data ~/celeba_hq --train-split 24000
     mixelbo-train --run-dir runs/x --resume --steps 4000   # continue a run exactly
-    torchrun --nproc-per-node 8 -m reference_model.train --config paper-256 --data ...
+    torchrun --nproc-per-node 8 -m mixelbo_reference.train --config paper-256 --data ...
 
 Exact resume: the data order is a per-epoch permutation drawn from a generator seeded by
 (seed, epoch), the flips are a function of (seed, epoch, index), and a checkpoint stores the
@@ -44,16 +44,16 @@ from tqdm.auto import tqdm
 
 from mixelbo import GaussianKL, PatchGANLoss, RegularizedELBO
 from mixelbo import functional as MF
-from reference_model.checkpoint import (
+from mixelbo_reference.checkpoint import (
     capture_rng_state,
     latest_checkpoint,
     load_training_state,
     restore_rng_state,
     save_checkpoint,
 )
-from reference_model.config import TrainConfig, config_from_args, load_toml, save_toml
-from reference_model.data import fixed_batch
-from reference_model.models import build_discriminator, build_vae, count_parameters
+from mixelbo_reference.config import TrainConfig, config_from_args, load_toml, save_toml
+from mixelbo_reference.data import fixed_batch
+from mixelbo_reference.models import build_discriminator, build_vae, count_parameters
 
 __all__ = ["EpochBatchSampler", "NonFiniteLossError", "StandardELBO", "build_objective", "train"]
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reference_model import checkpoint as ckpt
-from reference_model.config import TrainConfig
-from reference_model.models import build_discriminator, build_vae
+from mixelbo_reference import checkpoint as ckpt
+from mixelbo_reference.config import TrainConfig
+from mixelbo_reference.models import build_discriminator, build_vae
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small ops: threads only add contention
 

@@ -1,4 +1,4 @@
-"""Tests of reference_model.data: listing, the CelebA-HQ split, decoding, flips, bad files."""
+"""Tests of mixelbo_reference.data: listing, the CelebA-HQ split, decoding, flips, bad files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from reference_model.data import (
+from mixelbo_reference.data import (
     CorruptImageWarning,
     ImageFolderDataset,
     PackedDataset,
@@ -22,7 +22,7 @@ from reference_model.data import (
     list_images,
     split_files,
 )
-from reference_model.procedural import ProceduralDataset
+from mixelbo_reference.procedural import ProceduralDataset
 
 
 def _save(path: Path, pixels: np.ndarray) -> Path:

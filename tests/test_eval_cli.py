@@ -9,13 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from reference_model import figures
-from reference_model.checkpoint import load_run
-from reference_model.compare import main as compare_main
-from reference_model.compare import parse_objective
-from reference_model.config import TrainConfig
-from reference_model.evaluate import main as eval_main
-from reference_model.train import train
+from mixelbo_reference import figures
+from mixelbo_reference.checkpoint import load_run
+from mixelbo_reference.compare import main as compare_main
+from mixelbo_reference.compare import parse_objective
+from mixelbo_reference.config import TrainConfig
+from mixelbo_reference.evaluate import main as eval_main
+from mixelbo_reference.train import train
 
 PROCEDURAL = 80  # 64 train / 16 test images
 

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from reference_model import figures
-from reference_model.report import Figure, Heading, Paragraph, Table, write_json, write_report
+from mixelbo_reference import figures
+from mixelbo_reference.report import Figure, Heading, Paragraph, Table, write_json, write_report
 
 LATENT = 6
 SIGMA = 0.5

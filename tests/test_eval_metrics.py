@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from reference_model.metrics import (
+from mixelbo_reference.metrics import (
     bimodality_test,
     fit_two_gaussians,
     l1_error,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reference_model.config import MODEL_CONFIGS
-from reference_model.models import (
+from mixelbo_reference.config import MODEL_CONFIGS
+from mixelbo_reference.models import (
     ModelConfig,
     PreActBlock,
     PreActUpBlock,

@@ -1,4 +1,4 @@
-"""Tests of mixelbo-prepare (reference_model.prepare) and reading its output (PackedDataset)."""
+"""Tests of mixelbo-prepare (mixelbo_reference.prepare) and reading its output (PackedDataset)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from reference_model import prepare
-from reference_model.data import (
+from mixelbo_reference import prepare
+from mixelbo_reference.data import (
     CorruptImageWarning,
     ImageFolderDataset,
     PackedDataset,
@@ -123,7 +123,7 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
     for option in ("PATH", "OUT", "--size", "--workers", "--overwrite", "--help"):
         assert option in text
     scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
-    assert scripts.get("mixelbo-prepare") == "reference_model.prepare:main"
+    assert scripts.get("mixelbo-prepare") == "mixelbo_reference.prepare:main"
 
 
 def test_existing_output_is_protected(

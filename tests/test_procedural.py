@@ -1,4 +1,4 @@
-"""Tests of the embedded procedural dataset (reference_model.procedural)."""
+"""Tests of the embedded procedural dataset (mixelbo_reference.procedural)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 import torch
 from scipy import stats
 
-from reference_model import procedural
-from reference_model.procedural import (
+from mixelbo_reference import procedural
+from mixelbo_reference.procedural import (
     FACTOR_NAMES,
     FACTORS,
     ProceduralDataset,

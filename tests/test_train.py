@@ -11,16 +11,16 @@ import pytest
 import torch
 
 import mixelbo.functional
-from reference_model import train as train_module
-from reference_model.checkpoint import list_checkpoints, load_run, load_training_state
-from reference_model.config import (
+from mixelbo_reference import train as train_module
+from mixelbo_reference.checkpoint import list_checkpoints, load_run, load_training_state
+from mixelbo_reference.config import (
     TrainConfig,
     build_parser,
     config_from_args,
     load_toml,
     save_toml,
 )
-from reference_model.train import EpochBatchSampler, NonFiniteLossError, StandardELBO, train
+from mixelbo_reference.train import EpochBatchSampler, NonFiniteLossError, StandardELBO, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small ops: threads only add contention
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from reference_model.checkpoint import load_run, load_training_state
-from reference_model.config import TrainConfig
-from reference_model.data import build_datasets
-from reference_model.models import build_vae
+from mixelbo_reference.checkpoint import load_run, load_training_state
+from mixelbo_reference.config import TrainConfig
+from mixelbo_reference.data import build_datasets
+from mixelbo_reference.models import build_vae
 
 
 def _free_port() -> int:
@@ -29,7 +29,7 @@ def _worker(rank: int, world: int, port: int, config: TrainConfig, out: str) -> 
         WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
     )  # fmt: skip
     torch.set_num_threads(1)
-    from reference_model.train import train
+    from mixelbo_reference.train import train
 
     run_dir = train(config)
     Path(out, f"rank{rank}.txt").write_text(str(run_dir))
@@ -72,7 +72,7 @@ def test_batch_summed_kl_i_is_weighted_by_the_world_size(
     # Eq. 20 sums over the global batch; each of W ranks sums B / W samples and DDP averages
     # the gradients, so the paper preset's beta2 must be W times larger on every rank. The
     # authors' per-sample mean ("batchmean") is already averaged and stays as it is.
-    import reference_model.train as train_module
+    import mixelbo_reference.train as train_module
 
     config = TrainConfig.preset("tiny-32", objective=objective, gan=False)
     for world, beta2 in ((1, one_rank), (4, four_ranks)):

@@ -1,6 +1,6 @@
 """MkDocs hook: render the reference commands' options from their argparse parsers.
 
-A page line ``<!-- cli-options reference_model.config -->`` is replaced by a Markdown table of
+A page line ``<!-- cli-options mixelbo_reference.config -->`` is replaced by a Markdown table of
 every option of that module's parser: its ``build_parser()``, or, for a module without one, the
 parser its ``main()`` builds (captured before it parses anything). The tables are therefore
 the same as ``--help`` by construction and can never fall behind the code. Configured in
