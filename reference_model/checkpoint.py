@@ -28,11 +28,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
-
 from mixelbo_reference.config import TrainConfig, load_toml, save_toml
 from mixelbo_reference.models import ResNetVAE, build_discriminator, build_vae
+from safetensors.torch import load_file, save_file
+from torch import nn
 
 __all__ = [
     "capture_rng_state",

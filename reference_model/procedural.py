@@ -67,9 +67,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from matplotlib.colors import hsv_to_rgb
-from tqdm.auto import tqdm  # type: ignore[import-untyped]
-
 from mixelbo_reference.data import AugmentedImageDataset
+from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
 GENERATOR_VERSION = 1
 """Part of the cache key; bump it whenever the images a seed gives change."""

@@ -9,9 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader
-
 from mixelbo_reference.data import (
     CorruptImageWarning,
     ImageFolderDataset,
@@ -23,6 +20,8 @@ from mixelbo_reference.data import (
     split_files,
 )
 from mixelbo_reference.procedural import ProceduralDataset
+from PIL import Image
+from torch.utils.data import DataLoader
 
 
 def _save(path: Path, pixels: np.ndarray) -> Path:

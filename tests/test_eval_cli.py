@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
-
 from mixelbo_reference import figures
 from mixelbo_reference.checkpoint import load_run
 from mixelbo_reference.compare import main as compare_main
@@ -16,6 +14,7 @@ from mixelbo_reference.compare import parse_objective
 from mixelbo_reference.config import TrainConfig
 from mixelbo_reference.evaluate import main as eval_main
 from mixelbo_reference.train import train
+from PIL import Image
 
 PROCEDURAL = 80  # 64 train / 16 test images
 

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from torch import Tensor, nn
-
 from mixelbo_reference import figures
 from mixelbo_reference.report import Figure, Heading, Paragraph, Table, write_json, write_report
+from PIL import Image
+from torch import Tensor, nn
 
 LATENT = 6
 SIGMA = 0.5

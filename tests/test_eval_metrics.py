@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from mixelbo_reference.metrics import (
     bimodality_test,
     fit_two_gaussians,

@@ -12,8 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from scipy import stats
-
 from mixelbo_reference import procedural
 from mixelbo_reference.procedural import (
     FACTOR_NAMES,
@@ -23,6 +21,7 @@ from mixelbo_reference.procedural import (
     render,
     sample_factors,
 )
+from scipy import stats
 
 
 def _column(name: str) -> int:

@@ -9,8 +9,6 @@ from typing import Any
 
 import pytest
 import torch
-
-import mixelbo.functional
 from mixelbo_reference import train as train_module
 from mixelbo_reference.checkpoint import list_checkpoints, load_run, load_training_state
 from mixelbo_reference.config import (
@@ -20,7 +18,10 @@ from mixelbo_reference.config import (
     load_toml,
     save_toml,
 )
-from mixelbo_reference.train import EpochBatchSampler, NonFiniteLossError, StandardELBO, train
+from mixelbo_reference.objectives import StandardELBO, build_objective
+from mixelbo_reference.train import EpochBatchSampler, NonFiniteLossError, train
+
+import mixelbo.functional
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small ops: threads only add contention
 
@@ -55,7 +56,7 @@ def test_standard_elbo_equals_eq_10_plus_weighted_mae_in_float64() -> None:
 
 
 def test_objectives_are_the_configured_modules() -> None:
-    build = train_module.build_objective
+    build = build_objective
     config = TrainConfig.preset("tiny-32")
     mixture = build(config, torch.nn.Identity())
     assert isinstance(mixture, mixelbo.RegularizedELBO)

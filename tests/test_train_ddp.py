@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from mixelbo_reference.checkpoint import load_run, load_training_state
 from mixelbo_reference.config import TrainConfig
 from mixelbo_reference.data import build_datasets
@@ -72,9 +71,9 @@ def test_batch_summed_kl_i_is_weighted_by_the_world_size(
     # Eq. 20 sums over the global batch; each of W ranks sums B / W samples and DDP averages
     # the gradients, so the paper preset's beta2 must be W times larger on every rank. The
     # authors' per-sample mean ("batchmean") is already averaged and stays as it is.
-    import mixelbo_reference.train as train_module
+    import mixelbo_reference.objectives as objectives_module
 
     config = TrainConfig.preset("tiny-32", objective=objective, gan=False)
     for world, beta2 in ((1, one_rank), (4, four_ranks)):
-        monkeypatch.setattr(train_module, "_world_size", lambda world=world: world)
-        assert train_module.build_objective(config, None).beta2 == pytest.approx(beta2)
+        monkeypatch.setattr(objectives_module, "world_size", lambda world=world: world)
+        assert objectives_module.build_objective(config, None).beta2 == pytest.approx(beta2)
