@@ -2,7 +2,8 @@
 
 Every dataset here (and in :mod:`mixelbo_reference.mnist`) is a ``torch.utils.data.Dataset``
 whose ``dataset[i]`` is a float32 tensor of shape ``(3, H, W)`` with values in ``[-1, 1]``
-(``uint8 / 127.5 - 1``, as in the paper and the authors' code). Four sources, chosen by :func:`build_datasets`:
+(``uint8 / 127.5 - 1``, as in the paper and the authors' code). Four sources, chosen by
+:func:`build_datasets`:
 
 * ``data=None``: the embedded procedural dataset (:mod:`mixelbo_reference.procedural`), generated
   from a seed and cached, so the trainer runs out of the box with no download.
