@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+
 from mixelbo_reference.config import PRESETS, TrainConfig
 from mixelbo_reference.models import build_discriminator, build_vae, count_parameters
 from mixelbo_reference.objectives import build_objective
-from torch.utils.flop_counter import FlopCounterMode
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from the vendors' data sheets.
 PEAK_BF16_TFLOPS = {

@@ -28,10 +28,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from mixelbo_reference.config import TrainConfig, load_toml, save_toml
-from mixelbo_reference.models import ResNetVAE, build_discriminator, build_vae
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from mixelbo_reference.config import TrainConfig, load_toml, save_toml
+from mixelbo_reference.models import ResNetVAE, build_discriminator, build_vae
 
 __all__ = [
     "capture_rng_state",

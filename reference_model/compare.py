@@ -36,6 +36,7 @@ __all__ = [
     "main",
     "parse_objective",
     "parse_settings",
+    "train_once",
 ]
 
 DEFAULT_OBJECTIVES: tuple[str, ...] = ("mixture", "vae", "beta-vae=0.1", "beta-vae=10")
@@ -94,7 +95,7 @@ def _label(name: str, beta: float) -> str:
     return f"beta-vae-{beta:g}" if name == "beta-vae" else name
 
 
-def _train_once(config: Any) -> Path:
+def train_once(config: Any) -> Path:
     """Train ``config`` unless its run folder already holds the final step; resume otherwise."""
     from mixelbo_reference.checkpoint import checkpoint_step, latest_checkpoint
     from mixelbo_reference.train import train
@@ -155,7 +156,7 @@ def compare(
             },
         )
         run_started = time.perf_counter()
-        run_dir = _train_once(config)
+        run_dir = train_once(config)
         train_seconds = time.perf_counter() - run_started
         metrics = evaluate(
             run_dir, root / label, n_test=n_test, device=str(config.device), progress=progress

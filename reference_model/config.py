@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import tomllib
+
 from mixelbo_reference.models import ModelConfig
 
 __all__ = [
@@ -31,7 +32,8 @@ __all__ = [
     "save_toml",
 ]
 
-Objective = Literal["mixture", "authors-code", "vae", "beta-vae"]
+Objective = Literal["mixture", "paper", "authors-code", "vae", "beta-vae"]
+VARIANCES = ("sample", "means", "mixture")
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 GAN_LOSSES = ("bce", "hinge", "lsgan")
@@ -98,14 +100,31 @@ class TrainConfig:
     model: str = _opt("cpu-64", f"named model architecture: {', '.join(MODEL_CONFIGS)}")
     objective: Objective = _opt(  # noqa: RUF009 (a dataclass field, like the others)
         "mixture",
-        "mixture: the paper's eq. 22 (RegularizedELBO.paper()); authors-code: the public "
-        "Keras code's weights and variance (RegularizedELBO.authors_code()); vae: standard KL "
+        "mixture: eq. 22 as recommended (RegularizedELBO.recommended(): KL_I per image, "
+        "mixture variance; see docs/collapse.md); paper: eq. 22 as printed "
+        "(RegularizedELBO.paper(), collapses small models); authors-code: the public Keras "
+        "code's weights and variance (RegularizedELBO.authors_code()); vae: standard KL "
         "(eq. 10) + 5000 MAE, the authors' baseline weights; beta-vae: vae with BETA * KL. "
         "vae and beta-vae keep the adversarial term (so only the KL differs from mixture); "
         "add --no-gan for the authors' GAN-free baseline",
         choices=OBJECTIVES,
     )
     beta: float = _opt(1.0, "KL weight of --objective beta-vae (beta < 1 or > 1)")
+    beta1: float | None = _opt(
+        None, "KL_G weight of the eq. 22 objectives (default: the objective's preset)"
+    )
+    beta2: float | None = _opt(
+        None, "KL_I weight of the eq. 22 objectives (default: the objective's preset)"
+    )
+    beta3: float | None = _opt(
+        None, "reconstruction (L1) weight of every objective (default: the objective's preset)"
+    )
+    variance: str | None = _opt(
+        None,
+        "aggregate-variance estimator of KL_G: sample (eq. 18), means (authors' code), mixture "
+        "(exact); default: the objective's preset",
+        choices=VARIANCES,
+    )
     gan: bool = _opt(True, "use the PatchGAN adversarial term (--no-gan ablates it)")
     # PatchGAN options (mixelbo.PatchGANLoss / PatchDiscriminator; defaults = the paper)
     gan_loss: str = _opt(
@@ -216,6 +235,19 @@ class TrainConfig:
             )
         if self.objective != "beta-vae" and self.beta != 1.0:
             raise ValueError(f"beta applies to objective beta-vae only, got beta={self.beta}")
+        eq22_only = {"beta1": self.beta1, "beta2": self.beta2, "variance": self.variance}
+        set_options = {k: v for k, v in eq22_only.items() if v is not None}
+        if self.objective in ("vae", "beta-vae") and set_options:
+            raise ValueError(
+                f"{', '.join(set_options)} apply to the eq. 22 objectives (mixture, paper, "
+                f"authors-code), got {set_options} with objective={self.objective!r}"
+            )
+        if self.variance is not None and self.variance not in VARIANCES:
+            raise ValueError(f"variance must be one of {VARIANCES}, got {self.variance!r}")
+        for name in ("beta1", "beta2", "beta3"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         if self.train_split <= 0:
             raise ValueError(f"train_split must be > 0, got {self.train_split}")
         if self.train_split >= 1 and float(self.train_split).is_integer():

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from mixelbo_reference.data import AugmentedImageDataset
 
 __all__ = ["MNIST_NAME", "SPLIT_SEED", "TEST_SIZE", "TRAIN_SIZE", "MnistDataset", "mnist_datasets"]
@@ -77,7 +78,8 @@ class MnistDataset(AugmentedImageDataset):
         skipped: Always 0 (same interface as the file datasets).
 
     Shape:
-        ``dataset[i]``: ``(3, image_size, image_size)``, float32 in [-1, 1].
+        ``dataset[i]``: ``(3, image_size, image_size)``, uint8 (scale with
+        :func:`mixelbo_reference.data.to_unit_range`).
 
     Raises:
         ValueError: On a bad ``split`` or ``image_size``.

@@ -1,6 +1,7 @@
 """The objectives the reference trainer can build, in one place (``--objective``).
 
-* ``mixture``, ``authors-code``: :class:`mixelbo.RegularizedELBO` presets (eq. 22);
+* ``mixture`` (recommended), ``paper`` (eq. 22 as printed), ``authors-code``: the
+  :class:`mixelbo.RegularizedELBO` presets; ``--beta1/2/3`` and ``--variance`` override them;
 * ``vae``, ``beta-vae``: :class:`StandardELBO`, the standard KL of eq. 10 with the authors'
   baseline weights.
 
@@ -13,10 +14,10 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import torch.distributed as dist
-from mixelbo_reference.config import TrainConfig
 from torch import Tensor, nn
 
 from mixelbo import GaussianKL, PatchGANLoss, RegularizedELBO
+from mixelbo_reference.config import TrainConfig
 
 __all__ = ["StandardELBO", "VAETerms", "build_objective", "world_size"]
 
@@ -115,19 +116,26 @@ def build_objective(config: TrainConfig, discriminator: nn.Module | None) -> nn.
         else None
     )
     if config.objective in ("vae", "beta-vae"):
+        if config.beta3 is not None:
+            return StandardELBO(config.beta, adversarial, beta3=config.beta3)
         return StandardELBO(config.beta, adversarial)
     options: dict[str, Any] = {
         "adversarial": adversarial,
         "adaptive_weight": config.adaptive_weight,
     }
+    overrides = {"beta1": config.beta1, "beta2": config.beta2, "beta3": config.beta3}
+    overrides["variance"] = config.variance
+    options |= {name: value for name, value in overrides.items() if value is not None}
     if adversarial is None:
         options["beta4"] = 0.0
     world = world_size()
     if world > 1:  # KL_G's moments (eqs. 17-18) over the global batch
         options["sync"] = True
-    preset = (
-        RegularizedELBO.paper if config.objective == "mixture" else RegularizedELBO.authors_code
-    )
+    preset = {
+        "mixture": RegularizedELBO.recommended,
+        "paper": RegularizedELBO.paper,
+        "authors-code": RegularizedELBO.authors_code,
+    }[config.objective]
     objective = preset(**options)
     if world > 1 and objective.kl_i.reduction == "sum":
         # eq. 20 sums over the global batch, but each rank sums its B / W samples and DDP

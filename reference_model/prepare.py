@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm  # type: ignore[import-untyped]
+
 from mixelbo_reference.data import (
     PACKED_ARRAY,
     PACKED_FORMAT,
@@ -47,7 +49,6 @@ from mixelbo_reference.data import (
     list_images,
     load_image,
 )
-from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
 
 def default_workers() -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from mixelbo_reference.config import MODEL_CONFIGS
 from mixelbo_reference.models import (
     ModelConfig,

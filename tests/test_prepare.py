@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from mixelbo_reference import prepare
 from mixelbo_reference.data import (
     CorruptImageWarning,
@@ -17,7 +19,6 @@ from mixelbo_reference.data import (
     build_datasets,
     list_images,
 )
-from PIL import Image
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+
 from mixelbo_reference.checkpoint import load_run, load_training_state
 from mixelbo_reference.config import TrainConfig
 from mixelbo_reference.data import build_datasets
