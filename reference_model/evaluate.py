@@ -30,7 +30,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from mixelbo import functional as F
 from mixelbo_reference import figures
+from mixelbo_reference.data import to_unit_range
 from mixelbo_reference.metrics import (
     BIMODALITY_RULE,
     bimodality_test,
@@ -40,10 +45,6 @@ from mixelbo_reference.metrics import (
     ssim,
 )
 from mixelbo_reference.report import Figure, Heading, Paragraph, Table, write_json, write_report
-from torch import Tensor
-from tqdm.auto import tqdm
-
-from mixelbo import functional as F
 
 __all__ = ["CIRCULAR_FACTORS", "build_parser", "evaluate", "main", "most_active_dims"]
 
@@ -163,7 +164,7 @@ def evaluate(
     bar = tqdm(total=count, desc="evaluate test split", unit="img", disable=not progress)
     for start in range(0, count, batch_size):
         stop = min(start + batch_size, count)
-        x = torch.stack([test[i] for i in range(start, stop)]).to(torch_device)
+        x = to_unit_range(torch.stack([test[i] for i in range(start, stop)]).to(torch_device))
         mu, logvar = vae.encode(x)
         x_hat = vae.decode(mu).float()
         eps = torch.randn(mu.shape, generator=generator).to(torch_device)
@@ -235,7 +236,7 @@ def evaluate(
     dims4 = list(fig4_dims) if fig4_dims is not None else most_active_dims(mu, 2)
     dims6 = list(fig6_dims) if fig6_dims is not None else dims4
     shown = min(8, count)
-    x_shown = torch.stack([test[i] for i in range(shown)]).to(torch_device)
+    x_shown = to_unit_range(torch.stack([test[i] for i in range(shown)]).to(torch_device))
     figures.save_image_grid(
         figures.reconstruction_grid(vae, x_shown),
         out_dir / "reconstructions.png",
@@ -257,7 +258,7 @@ def evaluate(
     steps = figures.FIG4_STEPS
     labels = [f"{k:+g}σ" if k else "μ" for k in steps]
     variations = figures.variation_grid(
-        vae, test[fig4_image].to(torch_device), (dims4[0], dims4[1])
+        vae, to_unit_range(test[fig4_image].to(torch_device)), (dims4[0], dims4[1])
     )
     figures.save_image_grid(
         variations.flip(0),  # the vertical axis grows upwards
@@ -273,9 +274,9 @@ def evaluate(
     pair_list = list(
         zip(order[:used_pairs].tolist(), order[used_pairs : 2 * used_pairs].tolist(), strict=True)
     )
-    first = torch.stack([test[int(i)] for i in order[:used_pairs]]).to(torch_device)
-    second = torch.stack([test[int(i)] for i in order[used_pairs : 2 * used_pairs]]).to(
-        torch_device
+    first = to_unit_range(torch.stack([test[int(i)] for i in order[:used_pairs]]).to(torch_device))
+    second = to_unit_range(
+        torch.stack([test[int(i)] for i in order[used_pairs : 2 * used_pairs]]).to(torch_device)
     )
     transitions = figures.transition_grid(vae, first, second, steps=6)
     with_ends = torch.cat([first[:, None], transitions.to(first.dtype), second[:, None]], dim=1)

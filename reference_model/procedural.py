@@ -67,8 +67,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from matplotlib.colors import hsv_to_rgb
-from mixelbo_reference.data import AugmentedImageDataset
 from tqdm.auto import tqdm  # type: ignore[import-untyped]
+
+from mixelbo_reference.data import AugmentedImageDataset
 
 GENERATOR_VERSION = 1
 """Part of the cache key; bump it whenever the images a seed gives change."""
@@ -331,7 +332,8 @@ class ProceduralDataset(AugmentedImageDataset):
         skipped: Always 0 (no unreadable files; same interface as the file datasets).
 
     Shape:
-        ``dataset[i]``: ``(3, image_size, image_size)``, float32 in [-1, 1].
+        ``dataset[i]``: ``(3, image_size, image_size)``, uint8 (scale with
+        :func:`mixelbo_reference.data.to_unit_range`).
 
     Raises:
         ValueError: For a bad ``split``, ``size``, ``image_size`` or seed.

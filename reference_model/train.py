@@ -6,6 +6,13 @@ One readable loop, top to bottom. Each step:
 2. a VAE (generator) step on ELBO_reg (eq. 22, :class:`mixelbo.RegularizedELBO`);
 3. a discriminator step on eq. 23 (:meth:`mixelbo.RegularizedELBO.discriminator_loss`).
 
+No step waits for the device: batches arrive as uint8 and are scaled to [-1, 1] on the device
+(:func:`mixelbo_reference.data.to_unit_range`), and each loss term is checked for NaN / inf on
+the device, which records the first step each term was non-finite. The record is read back (and,
+under DDP, reduced over the ranks) only at log, image and checkpoint steps, before anything is
+written, so a run stops there with :class:`NonFiniteLossError` naming the terms and the step they
+first went non-finite, and no metric, image or checkpoint from after that step exists.
+
 Usage::
 
     mixelbo-train                                  # cpu-64 on the embedded procedural dataset
@@ -36,6 +43,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from timm.layers import convert_sync_batchnorm
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from mixelbo import functional as MF
 from mixelbo_reference.checkpoint import (
     capture_rng_state,
     latest_checkpoint,
@@ -44,16 +58,9 @@ from mixelbo_reference.checkpoint import (
     save_checkpoint,
 )
 from mixelbo_reference.config import TrainConfig, config_from_args, load_toml, save_toml
-from mixelbo_reference.data import fixed_batch
+from mixelbo_reference.data import fixed_batch, to_unit_range
 from mixelbo_reference.models import build_discriminator, build_vae, count_parameters
 from mixelbo_reference.objectives import build_objective, world_size
-from timm.layers import convert_sync_batchnorm
-from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Sampler
-from tqdm.auto import tqdm
-
-from mixelbo import functional as MF
 
 __all__ = ["EpochBatchSampler", "NonFiniteLossError", "train"]
 
@@ -64,8 +71,12 @@ _RESUME_INVARIANTS = (
 )  # fmt: skip
 
 
+_NEVER = torch.iinfo(torch.int64).max
+"""The first non-finite step of a term that has always been finite."""
+
+
 class NonFiniteLossError(RuntimeError):
-    """A loss term became NaN or infinite; the message names the term(s)."""
+    """A loss term became NaN or infinite; the message names the term(s) and the step."""
 
 
 class EpochBatchSampler(Sampler[list[int]]):
@@ -119,6 +130,26 @@ def _default_run_dir(config: TrainConfig) -> Path:
     return Path(config.out_dir) / f"{config.model}-{config.objective}-{stamp}"
 
 
+def _check_finite(
+    first_bad: Tensor, names: list[str], world: int, last_checkpoint: Path | None
+) -> None:
+    """Read back the first non-finite step of each term (the minimum over ranks); raise if any.
+
+    ``first_bad`` is the loop's device-side record (``_NEVER`` for a term finite so far);
+    reading it is one host-device synchronisation, done only at log, image and checkpoint steps.
+    """
+    if world > 1:
+        dist.all_reduce(first_bad, op=dist.ReduceOp.MIN)
+    bad = {k: s for k, s in zip(names, first_bad.tolist(), strict=True) if s != _NEVER}
+    if bad:
+        where = last_checkpoint or "none (no checkpoint was written yet)"
+        raise NonFiniteLossError(
+            f"non-finite loss at step {min(bad.values())}: "
+            + ", ".join(f"{k} (non-finite from step {s})" for k, s in bad.items())
+            + f"; stopping. The last good checkpoint is {where}"
+        )
+
+
 def _to_image(x: Tensor) -> Tensor:
     """[-1, 1] images to [0, 1] for TensorBoard."""
     return (x.float().clamp(-1, 1) + 1) / 2
@@ -128,8 +159,9 @@ def train(config: TrainConfig) -> Path:
     """Train a VAE-GAN as ``config`` says; returns the run folder.
 
     Raises:
-        NonFiniteLossError: when a loss term is NaN or infinite (no checkpoint is written
-            after it; the last good one stays on disk).
+        NonFiniteLossError: when a loss term is NaN or infinite, at the next log, image or
+            checkpoint step (nothing is logged or saved from the non-finite step on; the last
+            good checkpoint stays on disk).
         ValueError: on an inconsistent config or resume.
     """
     # ---- processes and device (torchrun sets WORLD_SIZE, RANK, LOCAL_RANK) ----------------
@@ -340,6 +372,8 @@ def train(config: TrainConfig) -> Path:
     )  # fmt: skip
     last_checkpoint = latest_checkpoint(run_dir)
     tic, tic_step = time.perf_counter(), step
+    # the first step each loss term was non-finite, on the device (a scalar until step 1)
+    first_bad = torch.full((), _NEVER, dtype=torch.int64, device=device)
     last_layer = {"last_layer": vae.last_layer} if config.adaptive_weight else {}
     # The sampler runs in this process, so one loader with persistent workers serves every
     # epoch: set the sampler's epoch and start batch, and the dataset's epoch (its flips).
@@ -354,7 +388,7 @@ def train(config: TrainConfig) -> Path:
             train_ds.set_epoch(epoch)
             sampler.epoch, sampler.start = epoch, batch_in_epoch
             for x in loader:
-                x = x.to(device, non_blocking=True, memory_format=memory_format)
+                x = to_unit_range(x.to(device, non_blocking=True, memory_format=memory_format))
 
                 # 1. encode, sample, decode; score x_hat; ELBO_reg (eq. 22)
                 with autocast:
@@ -379,25 +413,23 @@ def train(config: TrainConfig) -> Path:
                 if batch_in_epoch == batches_per_epoch:
                     epoch, batch_in_epoch = epoch + 1, 0
 
-                # 4. check every term (one device sync); stop on NaN / inf naming the term
+                # 4. check every term on the device, no sync: keep the first non-finite step
                 values = torch.stack([v.detach().float() for v in losses.values()])
-                if world > 1:
-                    dist.all_reduce(values)
-                    values /= world
-                named = dict(zip(losses, values.tolist(), strict=True))
-                bad = {k: v for k, v in named.items() if not math.isfinite(v)}
-                if bad:
-                    where = last_checkpoint or "none (no checkpoint was written yet)"
-                    raise NonFiniteLossError(
-                        f"non-finite loss at step {step}: "
-                        + ", ".join(f"{k}={v}" for k, v in bad.items())
-                        + f"; stopping. The last good checkpoint is {where}"
-                    )
+                first_bad = torch.minimum(first_bad, torch.where(values.isfinite(), _NEVER, step))
                 progress.update(config.batch_size)
 
-                # 5. logs, images, checkpoints
-                if is_main and (step % config.log_every == 0 or step == total_steps):
+                # 5. logs, images, checkpoints, each after reading the check back (one sync)
+                log_now = step % config.log_every == 0 or step == total_steps
+                images_now = step % config.image_every == 0 or step == total_steps
+                checkpoint_now = step % config.checkpoint_every == 0 or step == total_steps
+                if log_now or images_now or checkpoint_now:
+                    _check_finite(first_bad, list(losses), world, last_checkpoint)
+                if log_now and world > 1:  # the logged terms are the means over the ranks
+                    dist.all_reduce(values)
+                    values /= world
+                if log_now and is_main:
                     assert writer is not None and metrics_file is not None
+                    named = dict(zip(losses, values.tolist(), strict=True))
                     elapsed = time.perf_counter() - tic
                     rate = (step - tic_step) * config.batch_size / max(elapsed, 1e-9)
                     tic, tic_step = time.perf_counter(), step
@@ -411,9 +443,9 @@ def train(config: TrainConfig) -> Path:
                     metrics_file.write(json.dumps({"step": step, "epoch": epoch, **named}) + "\n")
                     metrics_file.flush()
                     progress.set_postfix(loss=f"{named['total']:.4g}", step=step, refresh=False)
-                if step % config.image_every == 0 or step == total_steps:
+                if images_now:
                     log_images_and_diagnostics()
-                if step % config.checkpoint_every == 0 or step == total_steps:
+                if checkpoint_now:
                     last_checkpoint = checkpoint()
                 if step >= total_steps:
                     break

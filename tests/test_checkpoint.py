@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
+
 from mixelbo_reference import checkpoint as ckpt
 from mixelbo_reference.config import TrainConfig
 from mixelbo_reference.models import build_discriminator, build_vae
-from safetensors.torch import load_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small ops: threads only add contention
 

@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
 from mixelbo_reference.data import (
     CorruptImageWarning,
     ImageFolderDataset,
@@ -18,10 +21,10 @@ from mixelbo_reference.data import (
     flip_decision,
     list_images,
     split_files,
+    to_channels_first,
+    to_unit_range,
 )
 from mixelbo_reference.procedural import ProceduralDataset
-from PIL import Image
-from torch.utils.data import DataLoader
 
 
 def _save(path: Path, pixels: np.ndarray) -> Path:
@@ -35,8 +38,13 @@ def _random_pixels(seed: int, height: int, width: int) -> np.ndarray:
 
 
 def _expected(pixels: np.ndarray) -> torch.Tensor:
-    """float64 oracle of the [-1, 1] scaling, channels first."""
-    return torch.from_numpy(pixels.astype(np.float64).transpose(2, 0, 1) / 127.5 - 1.0)
+    """The pixels channels first, as uint8."""
+    return torch.from_numpy(pixels.transpose(2, 0, 1).copy())
+
+
+def _float_path(pixels: np.ndarray) -> np.ndarray:
+    """The float32 scaling ``u / 127.5 - 1`` in numpy (the datasets' former item values)."""
+    return pixels.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
 def test_list_images_is_recursive_filtered_and_string_sorted(tmp_path: Path) -> None:
@@ -108,7 +116,7 @@ def test_fraction_split_and_bad_train_values() -> None:
         assert str(bad) in str(error.value) or repr(bad) in str(error.value)
 
 
-def test_images_are_float32_in_minus_one_one_with_the_right_shape(tmp_path: Path) -> None:
+def test_images_are_uint8_pixels_channels_first(tmp_path: Path) -> None:
     square = _random_pixels(1, 16, 16)
     tall = np.full((24, 16, 3), 255, dtype=np.uint8)  # white margins are cropped away
     tall[4:20] = _random_pixels(2, 16, 16)
@@ -122,14 +130,62 @@ def test_images_are_float32_in_minus_one_one_with_the_right_shape(tmp_path: Path
     dataset = ImageFolderDataset(files, image_size=16)
     for i, center in enumerate([square, tall[4:20], wide[:, 2:18]]):
         image = dataset[i]
-        assert image.dtype == torch.float32 and image.shape == (3, 16, 16)
+        assert image.dtype == torch.uint8 and image.shape == (3, 16, 16)
         assert image.is_contiguous()
-        assert image.min() >= -1 and image.max() <= 1
-        torch.testing.assert_close(image.double(), _expected(center), atol=1e-6, rtol=0)
+        assert torch.equal(image, _expected(center))
     extremes = np.zeros((8, 8, 3), dtype=np.uint8)
     extremes[:, 4:] = 255
     dataset = ImageFolderDataset([_save(tmp_path / "e.png", extremes)], image_size=8)
-    assert set(dataset[0].unique().tolist()) == {-1.0, 1.0}
+    assert set(dataset[0].unique().tolist()) == {0, 255}
+    assert set(to_unit_range(dataset[0]).unique().tolist()) == {-1.0, 1.0}
+
+
+def _all_byte_values(memory_format: torch.memory_format) -> torch.Tensor:
+    """(2, 3, 16, 16) uint8 holding every value 0..255 in each channel, in ``memory_format``."""
+    values = torch.arange(256, dtype=torch.uint8).view(16, 16)
+    batch = torch.stack([values, values.flip(0), values.t()]).expand(2, 3, 16, 16)
+    return batch.contiguous(memory_format=memory_format)
+
+
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)], ids=["cpu", "cuda"]
+)
+@pytest.mark.parametrize(
+    "memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"]
+)
+def test_to_unit_range_is_bit_equal_to_the_float_path(
+    device: str, memory_format: torch.memory_format
+) -> None:
+    batch = _all_byte_values(memory_format)
+    scaled = to_unit_range(batch.to(device))
+    assert scaled.dtype == torch.float32 and scaled.device.type == device
+    assert scaled.is_contiguous(memory_format=memory_format)
+    expected = torch.from_numpy(_float_path(batch.numpy()))
+    # bit patterns, not values: a result one ulp off (e.g. u * (1 / 127.5)) fails
+    assert torch.equal(scaled.cpu().view(torch.int32), expected.view(torch.int32))
+    assert scaled.min() == -1 and scaled.max() == 1
+    with pytest.raises(ValueError, match=r"must be a uint8 tensor, got torch\.float32"):
+        to_unit_range(expected)
+
+
+def test_to_channels_first_copies_any_uint8_layout() -> None:
+    pixels = _random_pixels(9, 5, 7)
+    mirrored = pixels[:, ::-1]  # negative strides, as a flip gives
+    read_only = pixels.copy()
+    read_only.flags.writeable = False  # as a memory-mapped row is
+    for source in (pixels, mirrored, read_only):
+        original = source.copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # torch warns when it wraps a read-only array
+            image = to_channels_first(source)
+        assert image.dtype == torch.uint8 and image.is_contiguous()
+        assert torch.equal(image, _expected(original))
+        image.add_(1)  # a copy: writing to it leaves the source alone
+        assert np.array_equal(source, original)
+    batch = np.stack([pixels, pixels[::-1]])
+    assert torch.equal(to_channels_first(batch)[1], _expected(pixels[::-1]))
+    with pytest.raises(ValueError, match=r"uint8 array of shape \(\.\.\., H, W, 3\)"):
+        to_channels_first(pixels.astype(np.float32))
 
 
 def test_resizing_keeps_a_constant_colour_and_uses_a_center_crop(tmp_path: Path) -> None:
@@ -137,8 +193,8 @@ def test_resizing_keeps_a_constant_colour_and_uses_a_center_crop(tmp_path: Path)
     image = np.empty((45, 60, 3), dtype=np.uint8)
     image[:] = colour
     dataset = ImageFolderDataset([_save(tmp_path / "flat.png", image)], image_size=32)
-    expected = torch.tensor(colour, dtype=torch.float64).view(3, 1, 1) / 127.5 - 1
-    torch.testing.assert_close(dataset[0].double(), expected.expand(3, 32, 32), atol=1e-6, rtol=0)
+    expected = torch.tensor(colour, dtype=torch.uint8).view(3, 1, 1)
+    assert torch.equal(dataset[0], expected.expand(3, 32, 32))
 
 
 def test_corrupt_images_are_skipped_with_a_warning_and_counted(tmp_path: Path) -> None:
@@ -157,12 +213,12 @@ def test_corrupt_images_are_skipped_with_a_warning_and_counted(tmp_path: Path) -
 
     with pytest.warns(CorruptImageWarning, match=r"b\.jpg"):
         substitute = dataset[1]
-    torch.testing.assert_close(substitute.double(), _expected(last), atol=1e-6, rtol=0)
+    assert torch.equal(substitute, _expected(last))
     assert dataset.skipped == 1 and dataset.skipped_files == [tmp_path / "b.jpg"]
 
     with pytest.warns(CorruptImageWarning, match="truncated"):
         wrapped = dataset[3]  # the last file is bad: wraps around to the first
-    torch.testing.assert_close(wrapped.double(), _expected(first), atol=1e-6, rtol=0)
+    assert torch.equal(wrapped, _expected(first))
     assert dataset.skipped == 2
 
     with warnings.catch_warnings():
@@ -262,7 +318,9 @@ def test_indexing_protocol_and_fixed_batch(tmp_path: Path) -> None:
         dataset[3]
     assert len(list(iter(dataset[i] for i in range(len(dataset))))) == 3
     batch = fixed_batch(dataset, 2, start=1)
-    assert batch.shape == (2, 3, 8, 8) and torch.equal(batch[0], dataset[1])
+    assert batch.shape == (2, 3, 8, 8) and batch.dtype == torch.float32
+    stacked = np.stack([dataset[1].numpy(), dataset[2].numpy()])
+    assert torch.equal(batch, torch.from_numpy(_float_path(stacked)))  # in [-1, 1], as before
     with pytest.raises(ValueError, match="count=4"):
         fixed_batch(dataset, 4)
 

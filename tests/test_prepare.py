@@ -62,7 +62,7 @@ def test_round_trip_equals_the_folder_dataset_and_counts_the_corrupt_file(
     assert len(packed) == len(decoded) == 5
     for i in range(5):
         image = packed[i]
-        assert image.dtype == torch.float32 and image.shape == (3, 16, 16)
+        assert image.dtype == torch.uint8 and image.shape == (3, 16, 16)
         assert torch.equal(image, decoded[i])
     # Independent check of one row: a 16x16 PNG is stored unchanged.
     original = np.asarray(Image.open(folder / "a.png").convert("RGB"))

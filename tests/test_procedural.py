@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import stats
+
 from mixelbo_reference import procedural
 from mixelbo_reference.procedural import (
     FACTOR_NAMES,
@@ -21,7 +23,6 @@ from mixelbo_reference.procedural import (
     render,
     sample_factors,
 )
-from scipy import stats
 
 
 def _column(name: str) -> int:
@@ -121,14 +122,13 @@ def test_second_construction_is_a_cache_hit(
         ProceduralDataset("test", size=20, image_size=32, seed=4)
 
 
-def test_supported_sizes_give_float_images_in_range(tmp_path: Path) -> None:
+def test_supported_sizes_give_uint8_images_channels_first(tmp_path: Path) -> None:
     for image_size in (32, 64, 256):
         dataset = ProceduralDataset("test", size=3, image_size=image_size, cache_dir=tmp_path)
         image = dataset[2]
-        assert image.dtype == torch.float32 and image.shape == (3, image_size, image_size)
-        assert image.min() >= -1 and image.max() <= 1
-        expected = dataset.images[2].astype(np.float64).transpose(2, 0, 1) / 127.5 - 1
-        torch.testing.assert_close(image.double(), torch.from_numpy(expected), atol=1e-6, rtol=0)
+        assert image.dtype == torch.uint8 and image.shape == (3, image_size, image_size)
+        assert image.is_contiguous()
+        assert np.array_equal(image.numpy(), dataset.images[2].transpose(2, 0, 1))
         assert dataset.factors.dtype == np.float32 and dataset.factors.shape == (3, len(FACTORS))
         assert dataset.factor_names == FACTOR_NAMES and len(dataset.factor_kinds) == len(FACTORS)
         assert np.array_equal(render(dataset.factors, image_size), dataset.images)
@@ -223,9 +223,9 @@ def test_flips_mirror_the_stored_image_and_keep_its_factors(tmp_path: Path) -> N
     assert dataset.seed == 9 and dataset.generation_seed == 0
     flipped = 0
     for i in range(32):
-        stored = torch.from_numpy(dataset.images[i].astype(np.float64).transpose(2, 0, 1))
-        expected = stored.flip(-1) if dataset.is_flipped(i) else stored
-        torch.testing.assert_close(dataset[i].double(), expected / 127.5 - 1, atol=1e-6, rtol=0)
+        stored = dataset.images[i].transpose(2, 0, 1)
+        expected = stored[:, :, ::-1] if dataset.is_flipped(i) else stored
+        assert np.array_equal(dataset[i].numpy(), expected)
         flipped += dataset.is_flipped(i)
     assert 0 < flipped < 32
 

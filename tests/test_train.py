@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import socket
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
+
+import mixelbo.functional
 from mixelbo_reference import train as train_module
 from mixelbo_reference.checkpoint import list_checkpoints, load_run, load_training_state
 from mixelbo_reference.config import (
@@ -20,8 +27,6 @@ from mixelbo_reference.config import (
 )
 from mixelbo_reference.objectives import StandardELBO, build_objective
 from mixelbo_reference.train import EpochBatchSampler, NonFiniteLossError, train
-
-import mixelbo.functional
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small ops: threads only add contention
 
@@ -123,24 +128,164 @@ def test_resume_refuses_changed_trajectory_options(tmp_path: Path, cache_dir: st
         train(config.replace(resume=True, steps=4, batch_size=4))
 
 
-def test_non_finite_loss_stops_naming_the_term_and_keeps_the_last_good_checkpoint(
-    tmp_path: Path, cache_dir: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _kl_i_blows_up_at_call(monkeypatch: pytest.MonkeyPatch, bad_call: int) -> None:
+    """Make KL_I infinite at its ``bad_call``-th evaluation (1-based: the loop's step)."""
     real = mixelbo.functional.individual_variance_kl
     calls = {"n": 0}
 
-    def kl_i_blows_up(*args: Any, **kwargs: Any) -> torch.Tensor:
+    def kl_i(*args: Any, **kwargs: Any) -> torch.Tensor:
         calls["n"] += 1
         value = real(*args, **kwargs)
-        return value * math.inf if calls["n"] == 3 else value
+        return value * math.inf if calls["n"] == bad_call else value
 
-    monkeypatch.setattr(mixelbo.functional, "individual_variance_kl", kl_i_blows_up)
-    with pytest.raises(NonFiniteLossError, match=r"step 3: total=inf, kl_i=inf") as error:
-        train(_tiny(tmp_path, cache_dir, steps=6, checkpoint_every=2))
-    assert "kl_g" not in str(error.value) and "step_00000002" in str(error.value)
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000002"]
+    monkeypatch.setattr(mixelbo.functional, "individual_variance_kl", kl_i)
+
+
+def _first_bad_steps(message: str) -> dict[str, int]:
+    return {k: int(s) for k, s in re.findall(r"(\w+) \(non-finite from step (\d+)\)", message)}
+
+
+def test_non_finite_loss_stops_naming_the_term_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, cache_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # KL_I is infinite at step 4 only; the check is read back at the checkpoint steps 3, 6, 9
+    # and the log steps 8, 12, so the run must stop at step 6, before its checkpoint, and
+    # report step 4.
+    _kl_i_blows_up_at_call(monkeypatch, 4)
+    with pytest.raises(NonFiniteLossError, match=r"^non-finite loss at step 4: ") as error:
+        train(_tiny(tmp_path, cache_dir, steps=12, log_every=8, checkpoint_every=3))
+    message = str(error.value)
+    first = _first_bad_steps(message)
+    assert first["kl_i"] == 4 and first["total"] == 4  # the first step, not the latest
+    # the infinite gradient poisons the weights: other terms follow, each at its own later step
+    later = {k: s for k, s in first.items() if k not in ("kl_i", "total")}
+    assert later and all(4 < s <= 6 for s in later.values())
+    assert "step_00000003" in message
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000003"]
+    assert _metrics(tmp_path) == []  # the first log step, 8, was never reached
     vae, _, _ = load_run(tmp_path)
     assert all(torch.isfinite(p).all() for p in vae.parameters())
+
+
+def test_non_finite_loss_before_any_checkpoint_names_none(
+    tmp_path: Path, cache_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _kl_i_blows_up_at_call(monkeypatch, 1)
+    with pytest.raises(NonFiniteLossError, match=r"step 1: .*no checkpoint was written yet"):
+        train(_tiny(tmp_path, cache_dir, steps=3, log_every=2, checkpoint_every=2))
+    assert list_checkpoints(tmp_path) == [] and _metrics(tmp_path) == []
+
+
+def _ddp_worker(rank: int, port: int, config: TrainConfig, out: str) -> None:
+    """One of two gloo ranks; KL_I is infinite at step 3 on rank 1 only."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+        LOCAL_RANK=str(rank),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    if rank == 1:
+        _kl_i_blows_up_at_call(pytest.MonkeyPatch(), 3)
+    try:
+        train(config)
+        outcome = "finished"
+    except NonFiniteLossError as error:
+        outcome = str(error)
+    Path(out, f"rank{rank}.txt").write_text(outcome)
+
+
+@pytest.mark.distributed
+def test_ddp_ranks_agree_on_a_term_non_finite_on_one_rank(tmp_path: Path, cache_dir: str) -> None:
+    config = _tiny(tmp_path / "run", cache_dir, steps=6, log_every=2, checkpoint_every=2)
+    config = config.replace(device="cpu")
+    config.datasets()  # generate the procedural cache once, before the ranks start
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    mp.spawn(_ddp_worker, args=(port, config, str(tmp_path)), nprocs=2, join=True)
+    outcomes = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert outcomes[0] == outcomes[1]  # both ranks stop at the same check, with one message
+    assert outcomes[0].startswith("non-finite loss at step 3: ")
+    assert _first_bad_steps(outcomes[0])["kl_i"] == 3
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_00000002"]
+    assert [m["step"] for m in _metrics(tmp_path / "run")] == [2]
+
+
+# Every way the host reads a tensor's values (on a GPU each one waits for the device).
+_HOST_READS = {
+    torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.cpu,
+    torch.Tensor.__bool__, torch.Tensor.__float__, torch.Tensor.__int__, torch.Tensor.__index__,
+}  # fmt: skip
+
+
+def _watch_objective(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Record the loop's batches and each host read of a value derived from the loss terms.
+
+    The objective's terms (and the discriminator loss) are returned as a tensor subclass whose
+    ``__torch_function__`` follows them through every op (stack, isfinite, where, all-reduce
+    means...); ``reads`` gets the loop's step counter at each host read.
+    """
+    record: dict[str, Any] = {"step": 0, "reads": [], "batches": []}
+
+    class HostReads(torch.Tensor):
+        @classmethod
+        def __torch_function__(
+            cls, func: Any, types: Any, args: Any = (), kwargs: Any = None
+        ) -> Any:
+            if func in _HOST_READS:
+                record["reads"].append(record["step"])
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    def build(config: TrainConfig, discriminator: Any) -> Any:
+        objective = build_objective(config, discriminator)
+        forward, discriminator_loss = objective.forward, objective.discriminator_loss
+
+        def watched(x: torch.Tensor, *args: Any, step: int, **kwargs: Any) -> Any:
+            record["step"] = step + 1  # the loop's counter once this step is done
+            record["batches"].append(x.detach().clone())
+            terms = forward(x, *args, step=step, **kwargs)
+            return type(terms)(*(t.as_subclass(HostReads) for t in terms))
+
+        objective.forward = watched
+        objective.discriminator_loss = lambda *a, **k: discriminator_loss(*a, **k).as_subclass(
+            HostReads
+        )
+        return objective
+
+    monkeypatch.setattr(train_module, "build_objective", build)
+    return record
+
+
+def test_loss_values_reach_the_host_only_at_log_image_and_checkpoint_steps(
+    tmp_path: Path, cache_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = _watch_objective(monkeypatch)
+    config = _tiny(
+        tmp_path, cache_dir, steps=12, log_every=4, image_every=6, checkpoint_every=5,
+    )  # fmt: skip
+    train(config)
+    # log steps 4, 8, 12; image steps 6, 12; checkpoint steps 5, 10, 12: nothing in between
+    assert sorted(set(record["reads"])) == [4, 5, 6, 8, 10, 12]
+    assert [m["step"] for m in _metrics(tmp_path)] == [4, 8, 12]
+    assert all(math.isfinite(v) for m in _metrics(tmp_path) for v in m.values())
+
+
+def test_the_loop_scales_uint8_batches_on_the_device_bit_for_bit(
+    tmp_path: Path, cache_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = _watch_objective(monkeypatch)
+    config = _tiny(tmp_path, cache_dir, steps=6)
+    train(config)
+    train_ds, _ = config.datasets()
+    # 32 images / batch 8: step 5 (index 5) is batch 1 of epoch 1, with that epoch's flips
+    for index, (epoch, batch) in ((0, (0, 0)), (5, (1, 1))):
+        train_ds.set_epoch(epoch)
+        order = list(EpochBatchSampler(len(train_ds), 8, config.seed, epoch))[batch]
+        pixels = np.stack([train_ds[i].numpy() for i in order])
+        assert pixels.dtype == np.uint8
+        expected = pixels.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+        x = record["batches"][index]
+        assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(x.view(torch.int32), torch.from_numpy(expected).view(torch.int32))
 
 
 def test_cli_runs_a_few_steps_end_to_end(tmp_path: Path, cache_dir: str) -> None:
