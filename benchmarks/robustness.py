@@ -118,13 +118,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--objective", default="mixture")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--no-gan", dest="gan", action="store_false", help="drop the GAN term")
     parser.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE",
         help="a TrainConfig field for every run, e.g. --set lr=1e-3 (repeatable)",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads)
     settings = parse_settings(args.set)
     rows: list[dict[str, Any]] = []
     for dataset in args.datasets:

@@ -146,7 +146,7 @@ def _troubleshooting_cases() -> list[tuple[str, Any]]:
         ("form must be one of 'paper', 'kl'; got", lambda: IndividualVarianceKL(form="x")),
         (
             'variance="sample" (eq. 18) needs the sampled latents z; got z=None',
-            lambda: MixtureKL()(mu, logvar),
+            lambda: MixtureKL(variance="sample")(mu, logvar),
         ),
         (
             'variance="mixture" needs logvar; got logvar=None',
@@ -156,7 +156,10 @@ def _troubleshooting_cases() -> list[tuple[str, Any]]:
             "needs at least 2 samples to estimate the aggregate posterior's moments; got 1",
             lambda: MixtureKL(variance="means")(mu[:1], None),
         ),
-        ("z must have the shape of mu (", lambda: MixtureKL()(mu, logvar, mu[:, :3])),
+        (
+            "z must have the shape of mu (",
+            lambda: MixtureKL(variance="sample")(mu, logvar, mu[:, :3]),
+        ),
         (
             "must be float64, float32, bfloat16 or float16; got torch.int64",
             lambda: MixtureKL(variance="means")(mu.long(), None),

@@ -53,7 +53,7 @@ def test_gaussian_kl_shape_mismatch() -> None:
 
 
 def test_module_shape_mismatch() -> None:
-    _raises(lambda: MixtureKL()(MU, LOGVAR, Z[:, :2]), "z", "(4, 2)")
+    _raises(lambda: MixtureKL(variance="sample")(MU, LOGVAR, Z[:, :2]), "z", "(4, 2)")
     elbo = RegularizedELBO(beta4=0.0)
     x = torch.rand(4, 1, 8, 8)
     _raises(lambda: elbo(x, x[..., :4], MU, LOGVAR, Z), "x_hat", "(4, 1, 8, 4)", "(4, 1, 8, 8)")
@@ -95,8 +95,8 @@ def test_one_image_with_spatial_samples_is_fine() -> None:
 def test_sample_variance_needs_z() -> None:
     _raises(lambda: F.mixture_kl(MU, LOGVAR), "z", 'variance="sample"', "None")
     _raises(lambda: F.batch_moments(MU, LOGVAR), "z", "None")
-    _raises(lambda: MixtureKL()(MU, LOGVAR), "z", "None")
-    _raises(lambda: RegularizedELBO(beta4=0.0)(MU, MU, MU, LOGVAR), "z", "None")
+    _raises(lambda: MixtureKL(variance="sample")(MU, LOGVAR), "z", "None")
+    _raises(lambda: RegularizedELBO.paper(beta4=0.0)(MU, MU, MU, LOGVAR), "z", "None")
 
 
 def test_mixture_variance_needs_logvar() -> None:

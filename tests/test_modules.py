@@ -92,13 +92,17 @@ def test_gaussian_kl_module_matches_oracle(reduction: str) -> None:
     np.testing.assert_allclose(module(mu, logvar).numpy(), expected, rtol=1e-12)
 
 
-def test_module_defaults_follow_the_issue() -> None:
+def test_module_defaults_are_the_recommended_configuration() -> None:
+    # issue 10: per-image KL_I and the exact mixture variance (docs/collapse.md)
     assert (MixtureKL().variance, MixtureKL().reduction, MixtureKL().pattern) == (
-        "sample",
+        "mixture",
         "sum",
         None,
     )
-    assert (IndividualVarianceKL().form, IndividualVarianceKL().reduction) == ("paper", "sum")
+    assert (IndividualVarianceKL().form, IndividualVarianceKL().reduction) == (
+        "paper",
+        "batchmean",
+    )
     assert GaussianKL().reduction == "batchmean"
     assert PatchGANLoss().loss == "bce"
     assert isinstance(PatchGANLoss().discriminator, PatchDiscriminator)

@@ -22,8 +22,11 @@ class IndividualVarianceKL(nn.Module):
 
     Args:
         form: ``"paper"`` or ``"kl"``.
-        reduction: ``"sum"`` (eq. 20), ``"batchmean"`` (sum over dims, mean over samples: the
-            authors' public code), ``"mean"`` or ``"none"`` (``(samples, dims)``).
+        reduction: ``"batchmean"`` (the default: sum over dims, mean over samples, as the
+            authors' public code), ``"sum"`` (eq. 20 as printed: over the batch too, which
+            makes it ``N`` times stronger than a per-sample term and collapses small models
+            to the prior, see docs/collapse.md), ``"mean"`` or ``"none"``
+            (``(samples, dims)``).
         pattern: einops pattern mapping ``logvar`` to ``(samples, dims)``.
 
     Shape:
@@ -35,7 +38,7 @@ class IndividualVarianceKL(nn.Module):
 
     Example:
         >>> import torch
-        >>> kl_i = IndividualVarianceKL(reduction="batchmean")
+        >>> kl_i = IndividualVarianceKL()  # per image: sum over dims, mean over the batch
         >>> kl_i(torch.zeros(16, 8))  # sigma = 1 everywhere
         tensor(0.)
     """
@@ -43,7 +46,7 @@ class IndividualVarianceKL(nn.Module):
     def __init__(
         self,
         form: Literal["paper", "kl"] = "paper",
-        reduction: F.ElementReduction = "sum",
+        reduction: F.ElementReduction = "batchmean",
         pattern: str | None = None,
     ) -> None:
         super().__init__()

@@ -23,11 +23,14 @@ class MixtureKL(nn.Module):
         \qquad \bar\mu_j = \frac1N \sum_i \mu^{(i)}_j \;\text{(eq. 17)}
 
     with :math:`\bar\sigma_j^2` from the chosen estimator (see
-    :func:`mixelbo.functional.batch_moments`): ``"sample"`` (eq. 18, needs ``z``), ``"means"``
-    (the authors' public code) or ``"mixture"`` (the exact mixture variance).
+    :func:`mixelbo.functional.batch_moments`): ``"mixture"`` (the default: the exact variance of
+    the mixture, :math:`\overline{\sigma^2_j} + \mathrm{var}(\mu_j)`), ``"sample"`` (eq. 18 as
+    printed, needs ``z``; the same expectation with Monte-Carlo noise) or ``"means"`` (the
+    authors' public code; ignores the individual variances). Why ``"mixture"`` is the default:
+    docs/collapse.md.
 
     Args:
-        variance: ``"sample"``, ``"means"`` or ``"mixture"``.
+        variance: ``"mixture"`` (default), ``"sample"`` or ``"means"``.
         reduction: over latent dims, ``"sum"`` (eq. 19), ``"mean"`` or ``"none"``.
         pattern: einops pattern mapping the inputs to ``(samples, dims)``, e.g.
             ``"b c h w -> (b h w) c"`` for a spatial latent; ``None``: batch first, every
@@ -39,7 +42,8 @@ class MixtureKL(nn.Module):
             one-process loss on the concatenated batch); a no-op with one process.
 
     Shape:
-        - ``mu``, ``logvar``, ``z``: ``(N, ...)``, all the same shape, ``N >= 2``.
+        - ``mu``, ``logvar``, ``z``: ``(N, ...)``, all the same shape, ``N >= 2``; ``z`` is
+          needed by ``"sample"`` only.
         - Output: scalar, or ``(dims,)`` with ``reduction="none"``.
 
     Raises:
@@ -57,7 +61,7 @@ class MixtureKL(nn.Module):
 
     def __init__(
         self,
-        variance: F.Variance = "sample",
+        variance: F.Variance = "mixture",
         reduction: F.DimReduction = "sum",
         pattern: str | None = None,
         sync: bool | ProcessGroup = False,
