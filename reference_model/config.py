@@ -10,6 +10,7 @@ Precedence: the field defaults < the named preset (``--config NAME``) or a TOML 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -25,6 +26,7 @@ __all__ = [
     "MODEL_CONFIGS",
     "OBJECTIVES",
     "PRESETS",
+    "HeldOut",
     "TrainConfig",
     "build_parser",
     "config_from_args",
@@ -32,7 +34,7 @@ __all__ = [
     "save_toml",
 ]
 
-Objective = Literal["mixture", "paper", "authors-code", "vae", "beta-vae"]
+Objective = Literal["mixture", "paper", "authors-code", "vae", "beta-vae", "wae-mmd"]
 VARIANCES = ("sample", "means", "mixture")
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -106,10 +108,13 @@ class TrainConfig:
         "code's weights and variance (RegularizedELBO.authors_code()); vae: standard KL "
         "(eq. 10) + 5000 MAE, the authors' baseline weights; beta-vae: vae with BETA * KL. "
         "vae and beta-vae keep the adversarial term (so only the KL differs from mixture); "
-        "add --no-gan for the authors' GAN-free baseline",
+        "add --no-gan for the authors' GAN-free baseline; wae-mmd: 5000 MAE + MMD_WEIGHT * "
+        "the MMD of the batch's codes to prior samples (WAE-MMD / InfoVAE, Tolstikhin et al. "
+        "2018; objectives.WAEMMD)",
         choices=OBJECTIVES,
     )
     beta: float = _opt(1.0, "KL weight of --objective beta-vae (beta < 1 or > 1)")
+    mmd_weight: float = _opt(100.0, "MMD weight of --objective wae-mmd (> 0)")
     beta1: float | None = _opt(
         None, "KL_G weight of the eq. 22 objectives (default: the objective's preset)"
     )
@@ -169,6 +174,11 @@ class TrainConfig:
         None, "images in the procedural dataset (default: the dataset's own default)"
     )
     cache_dir: str | None = _opt(None, "cache folder of the procedural dataset")
+    holdout: int = _opt(
+        0,
+        "hold out the last HOLDOUT images of the training split for validation: not trained "
+        "on (TrainConfig.validation_dataset(); mixelbo-study selects weights on them)",
+    )
     # optimisation
     steps: int = _opt(2000, "optimizer steps (each: one VAE step and one discriminator step)")
     epochs: float | None = _opt(None, "if set, train this many epochs instead of --steps")
@@ -228,16 +238,26 @@ class TrainConfig:
                 f"disc_scales and r1_interval must be >= 1, got {self.disc_scales}, "
                 f"{self.r1_interval}"
             )
-        if self.adaptive_weight and (self.objective in ("vae", "beta-vae") or not self.gan):
+        standard = ("vae", "beta-vae", "wae-mmd")  # no eq. 22 terms
+        if self.adaptive_weight and (self.objective in standard or not self.gan):
             raise ValueError(
                 "adaptive_weight applies to the mixture and authors-code objectives with the "
                 f"GAN on; got objective={self.objective!r}, gan={self.gan}"
             )
         if self.objective != "beta-vae" and self.beta != 1.0:
             raise ValueError(f"beta applies to objective beta-vae only, got beta={self.beta}")
+        if not self.mmd_weight > 0:
+            raise ValueError(f"mmd_weight must be > 0, got {self.mmd_weight}")
+        if self.objective != "wae-mmd" and self.mmd_weight != 100.0:
+            raise ValueError(
+                f"mmd_weight applies to objective wae-mmd only, got mmd_weight={self.mmd_weight} "
+                f"with objective={self.objective!r}"
+            )
+        if isinstance(self.holdout, bool) or not isinstance(self.holdout, int) or self.holdout < 0:
+            raise ValueError(f"holdout must be an integer >= 0, got {self.holdout!r}")
         eq22_only = {"beta1": self.beta1, "beta2": self.beta2, "variance": self.variance}
         set_options = {k: v for k, v in eq22_only.items() if v is not None}
-        if self.objective in ("vae", "beta-vae") and set_options:
+        if self.objective in standard and set_options:
             raise ValueError(
                 f"{', '.join(set_options)} apply to the eq. 22 objectives (mixture, paper, "
                 f"authors-code), got {set_options} with objective={self.objective!r}"
@@ -265,7 +285,40 @@ class TrainConfig:
         return MODEL_CONFIGS[self.model]
 
     def datasets(self, data: str | None = None) -> tuple[Any, Any]:
-        """The run's ``(train, test)`` datasets; ``data`` overrides ``self.data``."""
+        """The run's ``(train, test)`` datasets; ``data`` overrides ``self.data``.
+
+        With ``holdout`` > 0 the training dataset is the split without its last ``holdout``
+        images (:class:`HeldOut`); :meth:`validation_dataset` gives those.
+        """
+        train, test = self._full_datasets(data)
+        if self.holdout:
+            train = HeldOut(train, 0, self._holdout_start(train))
+        return train, test
+
+    def validation_dataset(self, data: str | None = None) -> HeldOut:
+        """The ``holdout`` images removed from the training split, unflipped.
+
+        Raises:
+            ValueError: if ``holdout`` is 0.
+        """
+        if not self.holdout:
+            raise ValueError("validation_dataset needs holdout > 0; got holdout=0")
+        train, _ = self._full_datasets(data)
+        start = self._holdout_start(train)
+        unflipped = copy.copy(train)
+        if getattr(unflipped, "flip", False):
+            unflipped.flip = False
+        return HeldOut(unflipped, start, len(train))
+
+    def _holdout_start(self, train: Any) -> int:
+        if self.holdout >= len(train):
+            raise ValueError(
+                f"holdout must be smaller than the training split ({len(train)} images), "
+                f"got {self.holdout}"
+            )
+        return len(train) - self.holdout
+
+    def _full_datasets(self, data: str | None) -> tuple[Any, Any]:
         from mixelbo_reference.data import build_datasets
 
         options: dict[str, Any] = {"cache_dir": self.cache_dir}
@@ -311,6 +364,35 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; known: {sorted(known)}")
         return cls(**values)
+
+
+class HeldOut:
+    """Images ``start:stop`` of a dataset, re-indexed from 0 (a ``torch`` ``Subset`` that also
+    forwards ``set_epoch``, so the trainer's flips stay those of the whole split).
+
+    Args:
+        base: the dataset.
+        start, stop: the range, ``0 <= start < stop <= len(base)``.
+    """
+
+    def __init__(self, base: Any, start: int, stop: int) -> None:
+        if not 0 <= start < stop <= len(base):
+            raise ValueError(
+                f"start:stop must be a non-empty range in [0, {len(base)}]; got {start}:{stop}"
+            )
+        self.base, self.start, self.stop = base, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, index: int) -> Any:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images")
+        return self.base[self.start + index]
+
+    def set_epoch(self, epoch: int) -> None:
+        """The base dataset's :meth:`set_epoch` (its flips of ``epoch``)."""
+        self.base.set_epoch(epoch)
 
 
 def save_toml(config: TrainConfig, path: str | os.PathLike[str]) -> None:

@@ -66,8 +66,9 @@ __all__ = ["EpochBatchSampler", "NonFiniteLossError", "train"]
 
 # Fields that must not change when a run is resumed (they change the trajectory).
 _RESUME_INVARIANTS = (
-    "model", "objective", "beta", "gan", "data", "train_split", "procedural_size", "batch_size",
-    "lr", "disc_lr", "adam_beta1", "adam_beta2", "seed",
+    "model", "objective", "beta", "beta1", "beta2", "beta3", "variance", "mmd_weight", "gan",
+    "data", "train_split", "procedural_size", "holdout", "batch_size", "lr", "disc_lr",
+    "adam_beta1", "adam_beta2", "seed",
 )  # fmt: skip
 
 
