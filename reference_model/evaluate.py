@@ -6,8 +6,12 @@ Encodes the test split of the run's data (or ``--data``), then writes into ``--o
   ``fig5_transitions.png``, ``fig6_joint_histogram.png``, ``latent_histograms.png``,
   ``collapse.png``;
 - ``metrics.json``: reconstruction quality (L1, PSNR, SSIM), collapse metrics (active units,
-  per-dim KL, posterior sigma, KL_G, KL_I), the bimodal-coordinate count and, on the embedded
-  dataset, a linear probe of the generative factors;
+  per-dim KL, posterior sigma, KL_G, KL_I), the bimodal-coordinate count, on the embedded
+  dataset a linear probe of the generative factors, and sample quality: FID, KID and
+  precision/recall of prior samples and of reconstructions against the test split, in the
+  features of a network trained on the training split (:mod:`mixelbo_reference.features`;
+  Inception-v3 with ``--feature-extractor-weights-path``), see
+  :mod:`mixelbo_reference.sample_quality`;
 - ``report.md`` (figures as relative links) and a self-contained ``report.html``.
 
 Example::
@@ -19,7 +23,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -30,12 +33,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from mixelbo import functional as F
 from mixelbo_reference import figures
 from mixelbo_reference.data import to_unit_range
+from mixelbo_reference.features import (
+    CIRCULAR_FACTORS,
+    TRAIN_STEPS,
+    iter_images,
+    load_or_train_feature_net,
+)
 from mixelbo_reference.metrics import (
     BIMODALITY_RULE,
     bimodality_test,
@@ -44,16 +53,42 @@ from mixelbo_reference.metrics import (
     psnr,
     ssim,
 )
-from mixelbo_reference.report import Figure, Heading, Paragraph, Table, write_json, write_report
+from mixelbo_reference.report import (
+    Figure,
+    Heading,
+    Paragraph,
+    Table,
+    format_number,
+    write_json,
+    write_report,
+)
+from mixelbo_reference.sample_quality import (
+    KID_SUBSET_SIZE,
+    PR_K,
+    InceptionFeatures,
+    ProjectFeatures,
+    compare_sets,
+)
 
-__all__ = ["CIRCULAR_FACTORS", "build_parser", "evaluate", "main", "most_active_dims"]
+__all__ = [
+    "CIRCULAR_FACTORS",
+    "FID_BIAS_NOTE",
+    "SAMPLE_SETS",
+    "build_parser",
+    "evaluate",
+    "main",
+    "most_active_dims",
+    "sample_quality_blocks",
+]
 
-CIRCULAR_FACTORS: dict[str, float] = {
-    "object_hue": 1.0,
-    "background_hue": 1.0,
-    "texture_phase": 2 * math.pi,
-}
-"""Periods of the embedded dataset's circular factors (probed through cos and sin)."""
+SAMPLE_SETS = ("prior", "reconstruction", "train")
+"""The image sets compared with the test split: prior samples, reconstructions of the test
+images, and training images (the value real images get at the same count)."""
+FID_BIAS_NOTE = (
+    "FID is biased upward at small sample counts (its plug-in covariances), so FIDs compare "
+    "only at equal counts; the training-image row is the value real images get at this count. "
+    "KID is unbiased (its spread is over the random subsets)."
+)
 
 
 def most_active_dims(mu: Tensor, count: int = 2) -> list[int]:
@@ -87,6 +122,100 @@ def _check_dims(name: str, dims: Sequence[int] | None, latent_dim: int) -> None:
         )
 
 
+def _feature_extractor(
+    train: Any,
+    test: Any,
+    weights_path: str | os.PathLike[str] | None,
+    cache_dir: str | os.PathLike[str] | None,
+    steps: int,
+    progress: bool,
+) -> tuple[nn.Module | None, dict[str, Any] | None, str | None]:
+    """``(extractor, its description, None)``, or ``(None, None, why the metrics are skipped)``.
+
+    A local Inception-v3 weights file wins; else the dataset's project feature network
+    (trained on the training split and cached on first use); an image folder without weights
+    has none.
+    """
+    if weights_path is not None:
+        description = {
+            "task": "inception-v3",
+            "weights": str(weights_path),
+            "feature_dim": InceptionFeatures.num_features,
+            "metric": None,
+            "score": None,
+        }
+        return InceptionFeatures(weights_path), description, None
+    loaded = load_or_train_feature_net(
+        train, test, cache_dir=cache_dir, steps=steps, progress=progress
+    )
+    if loaded is None:
+        return (
+            None,
+            None,
+            "no feature network for this data: the project trains one for --data mnist and "
+            "the embedded procedural dataset; for an image folder pass "
+            "--feature-extractor-weights-path with a local Inception-v3 FID weights file "
+            "(nothing is downloaded)",
+        )
+    net, info = loaded
+    return ProjectFeatures(net), info.as_dict(), None
+
+
+def _sample_quality(
+    vae: Any,
+    extractor: nn.Module,
+    train: Any,
+    test_features: Tensor,
+    reconstruction_features: Tensor,
+    *,
+    sample_images: int,
+    kid_subset_size: int,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    progress: bool,
+) -> dict[str, Any]:
+    """FID, KID and precision/recall of each of :data:`SAMPLE_SETS` against the test split."""
+    latent_dim = int(vae.latent_dim)
+    prior = torch.Generator().manual_seed(seed + 2)
+    prior_features = []
+    for start in tqdm(
+        range(0, sample_images, batch_size),
+        desc="prior samples",
+        unit="batch",
+        disable=not progress,
+    ):
+        rows = min(batch_size, sample_images - start)
+        z = torch.randn(rows, latent_dim, generator=prior).to(device)
+        prior_features.append(extractor(vae.decode(z).float()).double().cpu())
+    reference = min(sample_images, len(train))
+    train_features = [
+        extractor(batch.to(device)).double().cpu()
+        for batch in tqdm(
+            iter_images(train, reference, batch_size=batch_size),
+            total=-(-reference // batch_size),
+            desc="training images",
+            unit="batch",
+            disable=not progress,
+        )
+    ]
+    fakes = {
+        "prior": torch.cat(prior_features),
+        "reconstruction": reconstruction_features,
+        "train": torch.cat(train_features),
+    }
+    sets = {
+        name: compare_sets(test_features, fakes[name], kid_subset_size=kid_subset_size, seed=seed)
+        for name in tqdm(SAMPLE_SETS, desc="FID, KID, precision/recall", disable=not progress)
+    }
+    return {
+        "test_images": len(test_features),
+        "pr_k": PR_K,
+        "note": FID_BIAS_NOTE,
+        "sets": sets,
+    }
+
+
 @torch.no_grad()
 def evaluate(
     source: str | os.PathLike[str],
@@ -102,6 +231,12 @@ def evaluate(
     pairs: int = 4,
     seed: int = 0,
     device: str = "cpu",
+    sample_quality: bool = True,
+    sample_images: int | None = None,
+    kid_subset_size: int = KID_SUBSET_SIZE,
+    feature_extractor_weights_path: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    feature_net_steps: int = TRAIN_STEPS,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a run (or one checkpoint) and write its report folder.
@@ -119,13 +254,25 @@ def evaluate(
         pairs: rows of Fig. 5 (pairs of random test images).
         seed: seed of the latent samples, the prior samples and the Fig. 5 pairs.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+        sample_quality: compute FID, KID and precision/recall (``False`` skips them).
+        sample_images: prior samples and training images compared with the test split
+            (default: as many as the evaluated test images).
+        kid_subset_size: KID's subset size (capped at half the smaller set).
+        feature_extractor_weights_path: a local Inception-v3 FID weights file (torchmetrics'
+            ``feature_extractor_weights_path``; needs torch-fidelity): the sample metrics use
+            its features instead of the project's feature network. Nothing is downloaded.
+        cache_dir: cache of the feature networks (default: the run's ``cache_dir``, else
+            ``$MIXELBO_CACHE``, else ``~/.cache/mixelbo``).
+        feature_net_steps: training steps of the feature network when it is not cached yet
+            (a non-default count is part of the cache key).
         progress: show tqdm progress bars.
 
     Returns:
         The metrics written to ``metrics.json``.
 
     Raises:
-        ValueError: on arguments out of range.
+        ValueError: on arguments out of range, or an unusable
+            ``feature_extractor_weights_path``.
     """
     from mixelbo_reference.checkpoint import load_run
 
@@ -133,11 +280,15 @@ def evaluate(
         ("batch_size", batch_size, 1),
         ("hist_images", hist_images, 2),
         ("pairs", pairs, 1),
+        ("kid_subset_size", kid_subset_size, 2),
+        ("feature_net_steps", feature_net_steps, 1),
     ):
         if value < minimum:
             raise ValueError(f"{name} must be >= {minimum}; got {value}")
     if n_test is not None and n_test < 8:
         raise ValueError(f"n_test must be >= 8 (the statistics need samples); got {n_test}")
+    if sample_images is not None and sample_images < PR_K + 1:
+        raise ValueError(f"sample_images must be >= {PR_K + 1}; got {sample_images}")
     source_path = Path(source)
     if not source_path.exists():
         raise ValueError(f"source {str(source)!r} is neither a run folder nor a checkpoint")
@@ -151,16 +302,32 @@ def evaluate(
     latent_dim = int(vae.latent_dim)
     _check_dims("fig4_dims", fig4_dims, latent_dim)
     _check_dims("fig6_dims", fig6_dims, latent_dim)
-    _, test = config.datasets(data)
+    train, test = config.datasets(data)
     count = len(test) if n_test is None else min(n_test, len(test))
     if count < 8:
         raise ValueError(f"the test split has {len(test)} images; at least 8 are needed")
     if not 0 <= fig4_image < count:
         raise ValueError(f"fig4_image must be in [0, {count}); got {fig4_image}")
+    extractor, feature_network, skipped = None, None, None
+    if not sample_quality:
+        skipped = "not requested (--no-sample-quality)"
+    else:
+        extractor, feature_network, skipped = _feature_extractor(
+            train,
+            test,
+            feature_extractor_weights_path,
+            cache_dir if cache_dir is not None else config.cache_dir,
+            feature_net_steps,
+            progress,
+        )
+    if extractor is not None:
+        extractor = extractor.to(torch_device)
 
     # ---- encode the test split: latents and reconstruction quality
     generator = torch.Generator().manual_seed(seed)
     mus, logvars, zs, l1s, psnrs, ssims = [], [], [], [], [], []
+    test_features: list[Tensor] = []
+    reconstruction_features: list[Tensor] = []
     bar = tqdm(total=count, desc="evaluate test split", unit="img", disable=not progress)
     for start in range(0, count, batch_size):
         stop = min(start + batch_size, count)
@@ -175,9 +342,31 @@ def evaluate(
         l1s.append(l1_error(x, x_hat).cpu())
         psnrs.append(psnr(x, x_hat).cpu())
         ssims.append(ssim(x, x_hat).cpu())
+        if extractor is not None:
+            test_features.append(extractor(x).double().cpu())
+            reconstruction_features.append(extractor(x_hat).double().cpu())
         bar.update(stop - start)
     bar.close()
     mu, logvar, z = torch.cat(mus), torch.cat(logvars), torch.cat(zs)
+
+    # ---- sample quality: prior samples, reconstructions and training images vs the test split
+    quality: dict[str, Any] = {"skipped": skipped, "feature_network": feature_network}
+    if extractor is not None:
+        quality.update(
+            _sample_quality(
+                vae,
+                extractor,
+                train,
+                torch.cat(test_features),
+                torch.cat(reconstruction_features),
+                sample_images=count if sample_images is None else sample_images,
+                kid_subset_size=kid_subset_size,
+                batch_size=batch_size,
+                seed=seed,
+                device=torch_device,
+                progress=progress,
+            )
+        )
     mu64, logvar64 = mu.double(), logvar.double()
 
     # ---- collapse metrics (test split)
@@ -316,6 +505,7 @@ def evaluate(
         "collapse": collapse,
         "bimodality": bimodality,
         "probe": probe,
+        "sample_quality": quality,
         "figures": {
             "fig4_dims": dims4,
             "fig4_image": fig4_image,
@@ -362,6 +552,7 @@ def report_blocks(metrics: dict[str, Any]) -> list[Any]:
         Table(["L1", "PSNR (dB)", "SSIM"], [[rec["l1"], rec["psnr_db"], rec["ssim"]]]),
         Figure("reconstructions.png", "Test images (top) and reconstructions (bottom)."),
         Figure("samples.png", "Images decoded from z ~ N(0, I)."),
+        *sample_quality_blocks(metrics.get("sample_quality")),
         Heading("Posterior collapse (test split)"),
         Paragraph(
             "Active units (Burda et al. 2016): dims whose posterior mean has variance > 0.01 "
@@ -434,6 +625,76 @@ def report_blocks(metrics: dict[str, Any]) -> list[Any]:
     return blocks
 
 
+def _feature_network_text(network: dict[str, Any]) -> str:
+    """One sentence on the feature space: which network, trained how, how good."""
+    if network["task"] == "inception-v3":
+        return (
+            "Features: Inception-v3's 2048-d pool layer (torchmetrics / torch-fidelity) from the "
+            f"local weights file `{network['weights']}` (Inception-v3 FID)."
+        )
+    what = {
+        "mnist-classifier": "a digit classifier",
+        "procedural-factor-regressor": "a regressor of the generative factors",
+    }[network["task"]]
+    origin = "loaded from the cache" if network["from_cache"] else "trained for this evaluation"
+    text = (
+        f"Features: the {network['feature_dim']}-d penultimate layer of {what} trained by the "
+        f"project on {network['train_images']} images of the training split "
+        f"({network['parameters']} parameters, {network['steps']} Adam steps, "
+        f"{network['train_seconds']} s; {origin}: `{network['path']}`); "
+        f"{network['metric']} {format_number(network['score'])} on {network['test_images']} "
+        "test images."
+    )
+    if network["per_target"]:
+        text += " R^2 per factor: " + ", ".join(
+            f"{name} {format_number(value)}" for name, value in network["per_target"].items()
+        )
+        text += "."
+    return text
+
+
+def sample_quality_blocks(quality: dict[str, Any] | None) -> list[Any]:
+    """The report's sample-quality section (empty for metrics written before it existed)."""
+    if quality is None:
+        return []
+    blocks: list[Any] = [Heading("Sample quality (against the test split)")]
+    if quality["skipped"] is not None:
+        return [*blocks, Paragraph(f"FID, KID and precision/recall skipped: {quality['skipped']}.")]
+    sets = quality["sets"]
+    labels = {
+        "prior": "prior samples, z ~ N(0, I)",
+        "reconstruction": "reconstructions of the test images",
+        "train": "training images (real-data reference)",
+    }
+    kid = sets["prior"]
+    blocks += [
+        Paragraph(
+            f"Each set is compared with {quality['test_images']} test images in one feature "
+            f"space. {_feature_network_text(quality['feature_network'])} FID: torchmetrics' "
+            "FrechetInceptionDistance on these features. KID: torchmetrics' "
+            f"KernelInceptionDistance, mean and sd over {kid['kid_subsets']} random subsets of "
+            f"{kid['kid_subset_size']} images. Precision and recall: Kynkaanniemi et al. (2019), "
+            f"k-NN manifolds with k = {quality['pr_k']}. {quality['note']}"
+        ),
+        Table(
+            ["compared set", "images", "FID", "KID", "KID sd", "precision", "recall"],
+            [
+                [
+                    labels[name],
+                    row["images"],
+                    row["fid"],
+                    row["kid_mean"],
+                    row["kid_std"],
+                    row["precision"],
+                    row["recall"],
+                ]
+                for name, row in sets.items()
+            ],
+        ),
+    ]
+    return blocks
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``mixelbo-eval`` command line."""
     parser = argparse.ArgumentParser(
@@ -474,6 +735,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pairs", type=int, default=4, help="rows (image pairs) of Fig. 5")
     parser.add_argument("--seed", type=int, default=0, help="seed of samples and pairs")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument(
+        "--no-sample-quality",
+        action="store_true",
+        help="skip FID, KID and precision/recall (and the feature network's training)",
+    )
+    parser.add_argument(
+        "--sample-images",
+        type=int,
+        default=None,
+        help="prior samples and training images compared with the test split "
+        "(default: as many as the evaluated test images)",
+    )
+    parser.add_argument(
+        "--kid-subset-size",
+        type=int,
+        default=KID_SUBSET_SIZE,
+        help="images per KID subset (capped at half the smaller set)",
+    )
+    parser.add_argument(
+        "--feature-extractor-weights-path",
+        default=None,
+        help="local Inception-v3 FID weights (torch-fidelity's pt_inception-2015-12-05 file): "
+        "FID/KID/PR in its features, e.g. for an image folder; never downloaded",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="cache of the feature networks (default: the run's --cache-dir, else "
+        "$MIXELBO_CACHE, else ~/.cache/mixelbo)",
+    )
+    parser.add_argument(
+        "--feature-net-steps",
+        type=int,
+        default=TRAIN_STEPS,
+        help="training steps of the feature network when it is not cached yet",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser
 
@@ -495,6 +792,12 @@ def main(argv: list[str] | None = None) -> int:
             pairs=args.pairs,
             seed=args.seed,
             device=args.device,
+            sample_quality=not args.no_sample_quality,
+            sample_images=args.sample_images,
+            kid_subset_size=args.kid_subset_size,
+            feature_extractor_weights_path=args.feature_extractor_weights_path,
+            cache_dir=args.cache_dir,
+            feature_net_steps=args.feature_net_steps,
             progress=not args.no_progress,
         )
     except ValueError as error:
@@ -506,6 +809,15 @@ def main(argv: list[str] | None = None) -> int:
         f"active units {col['active_units']}/{col['latent_dim']}  "
         f"bimodal dims {bim['bimodal_dims_z']}/{bim['latent_dim']}"
     )
+    quality = metrics["sample_quality"]
+    if quality["skipped"] is None:
+        prior = quality["sets"]["prior"]
+        print(
+            f"prior samples: FID {prior['fid']:.3g}  KID {prior['kid_mean']:.3g}  "
+            f"precision {prior['precision']:.3f}  recall {prior['recall']:.3f}"
+        )
+    else:
+        print(f"sample quality skipped: {quality['skipped']}")
     print(f"report: {Path(metrics['report']).resolve()}")
     return 0
 

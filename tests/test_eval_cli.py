@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
+
 from mixelbo_reference import figures
 from mixelbo_reference.checkpoint import load_run
 from mixelbo_reference.compare import main as compare_main
@@ -14,7 +17,6 @@ from mixelbo_reference.compare import parse_objective
 from mixelbo_reference.config import TrainConfig
 from mixelbo_reference.evaluate import main as eval_main
 from mixelbo_reference.train import train
-from PIL import Image
 
 PROCEDURAL = 80  # 64 train / 16 test images
 
@@ -49,10 +51,15 @@ def test_figures_from_a_tiny_checkpoint_have_the_paper_geometry(tiny_run: Path) 
     assert torch.allclose(fig5[0, 0], vae.decode(vae.encode(x[:1])[0])[0], atol=1e-6)
 
 
+FAST_FEATURES = ["--feature-net-steps", "20"]  # the feature network: seconds, not its default
+
+
 def test_mixelbo_eval_writes_the_report(tiny_run: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "report"
-    assert eval_main([str(tiny_run), "--out", str(out), "--no-progress", "--pairs", "3"]) == 0
-    assert str(out / "report.html") in capsys.readouterr().out
+    argv = [str(tiny_run), "--out", str(out), "--no-progress", "--pairs", "3", *FAST_FEATURES]
+    assert eval_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert str(out / "report.html") in printed and "prior samples: FID" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     test_images = PROCEDURAL // 5
     assert metrics["reconstruction"]["images"] == test_images
@@ -76,15 +83,52 @@ def test_mixelbo_eval_writes_the_report(tiny_run: Path, tmp_path: Path, capsys) 
         assert f"]({link})" in markdown
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 7
+    # sample quality: a factor regressor trained on the 64 training images, 16 test images
+    quality = metrics["sample_quality"]
+    assert quality["skipped"] is None and quality["test_images"] == test_images
+    network = quality["feature_network"]
+    assert network["task"] == "procedural-factor-regressor" and network["train_images"] == 64
+    assert network["metric"] == "test R^2" and network["steps"] == 20
+    assert set(quality["sets"]) == {"prior", "reconstruction", "train"}
+    for row in quality["sets"].values():
+        assert row["images"] == test_images and row["kid_subset_size"] == test_images // 2
+        for key in ("fid", "kid_mean", "kid_std"):
+            assert math.isfinite(row[key])
+        assert 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
+    assert quality["sets"]["prior"]["fid"] > quality["sets"]["train"]["fid"]
+    assert "Sample quality (against the test split)" in markdown
+    assert "| training images (real-data reference) | 16 |" in markdown
+
+
+def test_mixelbo_eval_on_an_image_folder_skips_sample_quality(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    for i in range(50):
+        pixels = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=generator)
+        Image.fromarray(pixels.numpy()).save(folder / f"{i:02d}.png")
+    out = tmp_path / "report"
+    assert (
+        eval_main([str(tiny_run), "--out", str(out), "--data", str(folder), "--no-progress"]) == 0
+    )
+    quality = json.loads((out / "metrics.json").read_text())["sample_quality"]
+    assert quality["feature_network"] is None
+    assert "--feature-extractor-weights-path" in quality["skipped"]
+    assert "FID, KID and precision/recall skipped" in (out / "report.md").read_text()
+    missing = ["--feature-extractor-weights-path", str(tmp_path / "none.pth")]
+    assert eval_main([str(tiny_run), "--out", str(out), "--no-progress", *missing]) == 2
 
 
 def test_mixelbo_eval_default_folder_and_chosen_dims(tiny_run: Path) -> None:
     checkpoint = next((tiny_run / "checkpoints").iterdir())
     argv = [str(checkpoint), "--no-progress", "--fig4-dims", "3", "5", "--n-test", "10"]
-    assert eval_main([*argv, "--fig6-dims", "2", "7"]) == 0
+    assert eval_main([*argv, "--fig6-dims", "2", "7", "--no-sample-quality"]) == 0
     metrics = json.loads((tiny_run / f"report-{checkpoint.name}" / "metrics.json").read_text())
     assert metrics["figures"]["fig4_dims"] == [3, 5] and metrics["figures"]["fig6_dims"] == [2, 7]
     assert metrics["reconstruction"]["images"] == 10
+    assert metrics["sample_quality"]["skipped"] == "not requested (--no-sample-quality)"
 
 
 def test_mixelbo_eval_rejects_bad_arguments(tiny_run: Path, tmp_path: Path, capsys) -> None:

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from mixelbo_reference import figures
-from mixelbo_reference.report import Figure, Heading, Paragraph, Table, write_json, write_report
 from PIL import Image
 from torch import Tensor, nn
+
+from mixelbo_reference import figures
+from mixelbo_reference.report import Figure, Heading, Paragraph, Table, write_json, write_report
 
 LATENT = 6
 SIGMA = 0.5
