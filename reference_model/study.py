@@ -66,6 +66,7 @@ __all__ = [
     "DATASETS",
     "FAMILIES",
     "Budget",
+    "NonFiniteSamplesError",
     "Point",
     "build_parser",
     "main",
@@ -214,6 +215,10 @@ def _config(dataset: str, budget: Budget, point: Point, seed: int, run_dir: Path
     )
 
 
+class NonFiniteSamplesError(RuntimeError):
+    """A trained run decodes non-finite images (its scores would be meaningless)."""
+
+
 class _Scorer:
     """The metrics of trained runs on one dataset's validation and test splits.
 
@@ -268,6 +273,8 @@ class _Scorer:
         z = torch.randn(len(images), int(vae.latent_dim), generator=generator)
         prior = extract_features(self.extractor, (vae.decode(c).float() for c in z.split(250)))
         recon = extract_features(self.extractor, reconstructions)
+        if not (prior.isfinite().all() and recon.isfinite().all()):
+            raise NonFiniteSamplesError(f"{run_dir.name}: non-finite decoded images ({split})")
         mu = torch.cat(mus)
         active = int(F.active_units(mu))
         prior_scores = compare_sets(self.features[split], prior, kid_subsets=KID_SUBSETS, seed=seed)
@@ -293,18 +300,24 @@ def _metric(score: dict[str, Any], key: str) -> float:
     return float(score["prior"][key] if key in score["prior"] else score[key])
 
 
-def _summary(point: Point, scores: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and sd over the seeds of a point, per split and metric."""
+def _summary(point: Point, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and sd over the seeds of a point, per split and metric.
+
+    Failed runs (a non-finite loss or non-finite samples) are counted in ``failed`` and left
+    out of the means; a point whose runs all failed has NaN means (and is never chosen).
+    """
     out: dict[str, Any] = {"family": point.family, "label": point.label, "gan": point.gan}
-    out["seeds"] = len(scores)
+    scores = [s for s in runs if "failed" not in s]
+    out["seeds"] = len(runs)
+    out["failed"] = len(runs) - len(scores)
     for split in ("validation", "test"):
         for key in ("l1", "fid", "kid_mean", "precision", "recall", "active_units"):
             out[f"{split}_{key}"] = _mean_sd([_metric(s[split], key) for s in scores])
         out[f"{split}_reconstruction_fid"] = _mean_sd(
             [float(s[split]["reconstruction_fid"]) for s in scores]
         )
-    out["collapse_rate"] = statistics.fmean(float(s["test"]["collapsed"]) for s in scores)
-    out["latent_dim"] = scores[0]["test"]["latent_dim"]
+    collapsed = [float(s["test"]["collapsed"]) for s in scores]
+    out["collapse_rate"] = statistics.fmean(collapsed) if collapsed else math.nan
     return out
 
 
@@ -327,8 +340,6 @@ def _run_points(
     progress: bool,
 ) -> list[dict[str, Any]]:
     """Train and score every (point, seed) not done yet; the per-point summaries."""
-    from mixelbo_reference.compare import train_once
-
     jobs = [(p, s) for p in points for s in budget.seeds]
     summaries = []
     bar = tqdm(total=len(jobs), desc=f"study {dataset}", unit="run", disable=not progress)
@@ -341,19 +352,7 @@ def _run_points(
             config = _config(dataset, budget, point, seed, run_dir)
             saved = _read_json(score_path)
             if saved is None:
-                started = time.perf_counter()
-                train_once(config)
-                timing["train_seconds"] += time.perf_counter() - started
-                if not scorer:
-                    scorer.append(_Scorer(config, budget, progress))
-                started = time.perf_counter()
-                saved = {
-                    "run": name,
-                    "seed": seed,
-                    "validation": scorer[0].score(run_dir, "validation", seed),
-                    "test": scorer[0].score(run_dir, "test", seed),
-                }
-                timing["score_seconds"] += time.perf_counter() - started
+                saved = _train_and_score(config, budget, name, scorer, timing, progress)
                 score_path.parent.mkdir(parents=True, exist_ok=True)
                 write_json(saved, score_path)
             scores.append(saved)
@@ -361,6 +360,42 @@ def _run_points(
         summaries.append(_summary(point, scores))
     bar.close()
     return summaries
+
+
+def _train_and_score(
+    config: Any,
+    budget: Budget,
+    name: str,
+    scorer: list[_Scorer],
+    timing: dict[str, float],
+    progress: bool,
+) -> dict[str, Any]:
+    """One run's scores, or ``{"failed": why}`` if its loss or its samples became non-finite."""
+    from mixelbo_reference.compare import train_once
+    from mixelbo_reference.train import NonFiniteLossError
+
+    record: dict[str, Any] = {"run": name, "seed": config.seed}
+    started = time.perf_counter()
+    try:
+        train_once(config)
+    except NonFiniteLossError as error:
+        return record | {"failed": str(error)}
+    finally:
+        timing["train_seconds"] += time.perf_counter() - started
+    if not scorer:
+        scorer.append(_Scorer(config, budget, progress))
+        write_json(
+            scorer[0].feature_network, Path(config.run_dir).parents[1] / "feature_network.json"
+        )
+    started = time.perf_counter()
+    try:
+        for split in ("validation", "test"):
+            record[split] = scorer[0].score(Path(config.run_dir), split, config.seed)
+    except NonFiniteSamplesError as error:
+        return {"run": name, "seed": config.seed, "failed": str(error)}
+    finally:
+        timing["score_seconds"] += time.perf_counter() - started
+    return record
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -372,8 +407,11 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _first_score(root: Path) -> dict[str, Any] | None:
+    """A scored (not failed) run's record, for the image counts of the report."""
     for path in sorted((root / "scores").glob("*.json")):
-        return _read_json(path)
+        record = _read_json(path)
+        if record is not None and "failed" not in record:
+            return record
     return None
 
 
@@ -410,6 +448,8 @@ def study(
         raise ValueError(f"families must be different names of {list(FAMILIES)}; got {families}")
     families = [f for f in FAMILIES if f in families]
     points = [p for p in sweep_points() if p.family in families]
+    from mixelbo_reference.config import MODEL_CONFIGS
+
     plan = BUDGETS[budget]
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
@@ -429,11 +469,14 @@ def study(
             "holdout": _holdout(dataset, plan),
             "validation_images": first["validation"]["images"] if first else None,
             "test_images": first["test"]["images"] if first else None,
-            "feature_network": scorer[0].feature_network if scorer else None,
+            "feature_network": _read_json(folder / "feature_network.json"),
             "chosen": {family: chosen[family]["label"] for family in families},
             "points": summaries,
         }
         _figures(root, dataset, summaries)
+        results[dataset]["samples_figure"] = _sample_grid(
+            root, dataset, [*(by_label[chosen[f]["label"]] for f in families), *with_gan], plan
+        )
     seconds = time.perf_counter() - started
     previous = _read_json(root / "study.json")
     total = seconds + (previous["seconds_total"] if previous else 0.0)
@@ -442,6 +485,7 @@ def study(
         "families": families,
         "plan": plan.__dict__,
         "threads": torch.get_num_threads(),
+        "latent_dim": MODEL_CONFIGS[plan.model].latent_dim,
         "seconds_this_call": round(seconds, 1),
         "seconds_total": round(total, 1),
         "train_seconds_this_call": round(timing["train_seconds"], 1),
@@ -509,6 +553,37 @@ def _figures(root: Path, dataset: str, points: list[dict[str, Any]]) -> None:
         plt.close(figure)
 
 
+@torch.no_grad()
+def _sample_grid(root: Path, dataset: str, points: list[Point], plan: Budget) -> bool:
+    """``DATASET_samples.png``: prior samples of the first seed's run of each point, a row each.
+
+    Points whose first run failed are left out; ``False`` (and no figure) if all failed.
+    """
+    from mixelbo_reference.checkpoint import load_run
+    from mixelbo_reference.figures import prior_samples, save_image_grid
+
+    rows: list[Tensor] = []
+    labels: list[str] = []
+    for point in points:
+        name = f"{point.name}-s{plan.seeds[0]}"
+        record = _read_json(root / dataset / "scores" / f"{name}.json")
+        if record is None or "failed" in record:
+            continue
+        labels.append(point.name)
+        vae, _, _ = load_run(root / dataset / "runs" / name)
+        generator = torch.Generator().manual_seed(PRIOR_SEED_OFFSET)
+        rows.append(prior_samples(vae, int(vae.latent_dim), 1, 10, generator=generator)[0])
+    if not rows:
+        return False
+    save_image_grid(
+        torch.stack(rows),
+        root / f"{dataset}_samples.png",
+        title=f"{dataset}: prior samples, seed {plan.seeds[0]}",
+        row_labels=labels,
+    )
+    return True
+
+
 def _cell(pair: tuple[float, float]) -> str:
     return f"{format_number(pair[0])} +- {format_number(pair[1])}"
 
@@ -519,6 +594,7 @@ def _blocks(summary: dict[str, Any]) -> list[Any]:
         Paragraph(
             f"Budget `{summary['budget']}`: model `{plan['model']}`, {plan['steps']} steps of "
             f"{plan['batch_size']} images at Adam {LEARNING_RATE:g}, seeds {plan['seeds']}, "
+            f"latent dim {summary['latent_dim']}, "
             f"{summary['threads']} CPU threads. Wall time: {summary['seconds_total']} s in all "
             f"({summary['seconds_this_call']} s in the last call, of which "
             f"{summary['train_seconds_this_call']} s training and "
@@ -542,13 +618,22 @@ def _blocks(summary: dict[str, Any]) -> list[Any]:
             Paragraph(
                 f"Validation: the last {result['holdout']} training images "
                 f"({result['validation_images']} scored); test: {result['test_images']} images. "
-                f"Feature network: `{net.get('task')}` on `{net.get('dataset')}`, test "
+                f"Feature network: `{net.get('task')}` on `{net.get('dataset')}`, "
                 f"{net.get('metric')} {format_number(net.get('score'))}. Chosen on validation: "
                 + ", ".join(f"{f}: `{label}`" for f, label in result["chosen"].items())
                 + "."
             ),
             Figure(f"{dataset}_frontier.png", f"{dataset}: test L1 vs prior-sample FID"),
             Figure(f"{dataset}_precision_recall.png", f"{dataset}: precision vs recall"),
+        ]
+        if result["samples_figure"]:
+            blocks.append(
+                Figure(
+                    f"{dataset}_samples.png",
+                    f"{dataset}: prior samples of the chosen points, without and with the GAN term",
+                )
+            )
+        blocks += [
             Table(
                 [
                     "family",
@@ -564,6 +649,7 @@ def _blocks(summary: dict[str, Any]) -> list[Any]:
                     "recon. FID",
                     "active units",
                     "collapse rate",
+                    "failed runs",
                 ],
                 [
                     [
@@ -579,8 +665,9 @@ def _blocks(summary: dict[str, Any]) -> list[Any]:
                         _cell(p["test_precision"]),
                         _cell(p["test_recall"]),
                         _cell(p["test_reconstruction_fid"]),
-                        f"{_cell(p['test_active_units'])} / {p['latent_dim']}",
+                        _cell(p["test_active_units"]),
                         p["collapse_rate"],
+                        p["failed"],
                     ]
                     for p in result["points"]
                 ],

@@ -10,6 +10,7 @@ import pytest
 
 from mixelbo_reference import compare, study
 from mixelbo_reference.study import FAMILIES, _best, _summary, main, sweep_points
+from mixelbo_reference.train import NonFiniteLossError
 
 
 def test_study_runs_end_to_end_and_skips_finished_work(
@@ -42,6 +43,8 @@ def test_study_runs_end_to_end_and_skips_finished_work(
     assert "![procedural: test L1 vs prior-sample FID](procedural_frontier.png)" in markdown
     assert "| family | point | GAN | seeds | val. FID | test L1 | test FID |" in markdown
     assert "| wae-mmd | wae-mmd-10 | no | 1 |" in markdown
+    assert "(procedural_precision_recall.png)" in markdown
+    assert "(procedural_samples.png)" in markdown
     assert (tmp_path / "procedural_frontier.png").stat().st_size > 1000
     assert "data:image/png;base64," in (tmp_path / "study.html").read_text()
 
@@ -90,6 +93,29 @@ def test_summary_and_selection_use_the_validation_split() -> None:
     assert low_validation["test_l1"] == (pytest.approx(0.3), pytest.approx(math.sqrt(0.02)))
     assert low_validation["collapse_rate"] == 0.5  # one of two seeds below 8 of 16 units
     assert _best([low_test, low_validation], "beta-vae")["label"] == "vae"
+
+
+def test_a_diverged_run_is_recorded_as_failed_and_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def diverge(config):
+        raise NonFiniteLossError("non-finite loss at step 3: kl")
+
+    monkeypatch.setattr(compare, "train_once", diverge)
+    timing = {"train_seconds": 0.0, "score_seconds": 0.0}
+    point = sweep_points()[0]
+    config = study._config("procedural", study.BUDGETS["smoke"], point, 0, tmp_path / "run")
+    record = study._train_and_score(config, study.BUDGETS["smoke"], "x", [], timing, False)
+    assert record == {"run": "x", "seed": 0, "failed": "non-finite loss at step 3: kl"}
+    assert timing["train_seconds"] > 0 and timing["score_seconds"] == 0
+    summary = _summary(
+        point, [record, {"validation": _score(10, 0.2, 4), "test": _score(9, 0.1, 12)}]
+    )
+    assert (summary["seeds"], summary["failed"]) == (2, 1)
+    assert summary["test_fid"] == (9.0, 0.0) and summary["collapse_rate"] == 0.0
+    all_failed = _summary(point, [record])
+    assert math.isnan(all_failed["validation_fid"][0]) and math.isnan(all_failed["collapse_rate"])
+    assert _best([all_failed, summary | {"label": "other"}], point.family)["label"] == "other"
 
 
 def test_sweep_covers_the_issue(tmp_path: Path) -> None:
