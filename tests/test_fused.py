@@ -1,15 +1,22 @@
-"""The fused kernels (mixelbo._fused) against the eager reference path and float64 oracles.
+"""The closed-form paths of mixelbo._fused against the eager reference path and float64 oracles.
 
-The eager reference (``fused=False``) is the oracle for values and gradients in every dtype,
-option and layout; float64 re-derivations check the fused float32 path on ill-conditioned
-inputs; ``gradcheck`` checks the hand-derived closed-form backward in float64. Compilation is
-shared: every test here reuses one forward and one backward graph per estimator and
-float32/float64 (dynamic shapes), so the module compiles 16 small graphs in all.
+Two kernel sets share the closed-form gradient: the fused Inductor kernels (``fused=True``) and
+the eager kernels (the default on CPU, ``fused=None``). The eager reference (``fused=False``,
+autograd through the loss expression) is the oracle for values and gradients of both in every
+dtype, option and layout; float64 re-derivations check them on ill-conditioned inputs;
+``gradcheck`` checks the hand-derived backward in float64. Compilation is shared: every test
+here reuses one forward and one backward graph per estimator and float32/float64 (dynamic
+shapes), so the module compiles 16 small graphs in all.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +28,8 @@ from mixelbo import IndividualVarianceKL, MixtureKL, _fused
 from mixelbo import functional as F
 
 VARIANCES = ("sample", "means", "mixture")
+# the two closed-form paths: fused=True (Inductor kernels) and the CPU default (eager kernels)
+PATHS = {"fused": True, "eager": None}
 DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 # value tolerance of the fused path against the eager one, per input dtype (both accumulate in
 # float32 for half inputs, so they differ only by float32 round-off); gradients w.r.t. half
@@ -38,7 +47,7 @@ def _leaves(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> list[torch
 
 
 def _value_and_grads(
-    fused: bool, leaves: list[torch.Tensor], **options: object
+    fused: bool | None, leaves: list[torch.Tensor], **options: object
 ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
     inputs = [t.detach().requires_grad_() for t in leaves]
     value = F.mixture_kl(*inputs, fused=fused, **options)  # type: ignore[arg-type]
@@ -53,13 +62,15 @@ def _assert_close(got: torch.Tensor, want: torch.Tensor, tol: float) -> None:
     torch.testing.assert_close(got, want, rtol=tol, atol=tol * max(scale, 1.0))
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("variance", VARIANCES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_mixture_kl_fused_matches_eager(variance: str, dtype: torch.dtype) -> None:
+def test_mixture_kl_matches_the_reference(path: str, variance: str, dtype: torch.dtype) -> None:
     leaves = _leaves((24, 3, 5), dtype, seed=1)
     for reduction in ("sum", "mean", "none"):
-        got, got_grads = _value_and_grads(True, leaves, variance=variance, reduction=reduction)
-        want, want_grads = _value_and_grads(False, leaves, variance=variance, reduction=reduction)
+        options = {"variance": variance, "reduction": reduction}
+        got, got_grads = _value_and_grads(PATHS[path], leaves, **options)
+        want, want_grads = _value_and_grads(False, leaves, **options)
         assert got.dtype == want.dtype and got.shape == want.shape
         _assert_close(got, want, VALUE_TOL[dtype])
         for a, b in zip(got_grads, want_grads, strict=True):
@@ -69,11 +80,12 @@ def test_mixture_kl_fused_matches_eager(variance: str, dtype: torch.dtype) -> No
                 _assert_close(a.double(), b.double(), GRAD_TOL[dtype])
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("pattern", ["b c h w -> (b h w) c", "b c h w -> b (c h w)"])
-def test_mixture_kl_fused_applies_the_pattern(pattern: str) -> None:
+def test_mixture_kl_applies_the_pattern(path: str, pattern: str) -> None:
     leaves = _leaves((4, 3, 2, 5), torch.float32, seed=2)
     for variance in VARIANCES:
-        got, got_grads = _value_and_grads(True, leaves, variance=variance, pattern=pattern)
+        got, got_grads = _value_and_grads(PATHS[path], leaves, variance=variance, pattern=pattern)
         want, want_grads = _value_and_grads(False, leaves, variance=variance, pattern=pattern)
         _assert_close(got, want, 2e-5)
         for a, b in zip(got_grads, want_grads, strict=True):
@@ -89,13 +101,15 @@ def test_mixture_kl_fused_applies_the_pattern(pattern: str) -> None:
     reduction=st.sampled_from(("sum", "mean", "none")),
     dtype=st.sampled_from(DTYPES),
     seed=st.integers(0, 2**16),
+    path=st.sampled_from(sorted(PATHS)),
 )
-def test_mixture_kl_fused_matches_eager_on_random_shapes(
-    n: int, d: int, variance: str, reduction: str, dtype: torch.dtype, seed: int
+def test_mixture_kl_matches_the_reference_on_random_shapes(
+    n: int, d: int, variance: str, reduction: str, dtype: torch.dtype, seed: int, path: str
 ) -> None:
     leaves = _leaves((n, d), dtype, seed)
-    got, got_grads = _value_and_grads(True, leaves, variance=variance, reduction=reduction)
-    want, want_grads = _value_and_grads(False, leaves, variance=variance, reduction=reduction)
+    options = {"variance": variance, "reduction": reduction}
+    got, got_grads = _value_and_grads(PATHS[path], leaves, **options)
+    want, want_grads = _value_and_grads(False, leaves, **options)
     _assert_close(got, want, VALUE_TOL[dtype])
     for a, b in zip(got_grads, want_grads, strict=True):
         if b is not None:
@@ -110,16 +124,17 @@ def test_mixture_kl_fused_matches_eager_on_random_shapes(
     reduction=st.sampled_from(("sum", "batchmean", "mean")),
     dtype=st.sampled_from(DTYPES),
     seed=st.integers(0, 2**16),
+    path=st.sampled_from(sorted(PATHS)),
 )
-def test_individual_kl_fused_matches_eager_on_random_shapes(
-    n: int, d: int, form: str, reduction: str, dtype: torch.dtype, seed: int
+def test_individual_kl_matches_the_reference_on_random_shapes(
+    n: int, d: int, form: str, reduction: str, dtype: torch.dtype, seed: int, path: str
 ) -> None:
     generator = torch.Generator().manual_seed(seed)
     base = 3.0 * torch.randn(n, d, generator=generator, dtype=torch.float64)
     base[0, 0] = 1e-4  # the Taylor branch near sigma = 1 ...
     base[-1, -1] = -0.49  # ... at its edge
     results = []
-    for fused in (True, False):
+    for fused in (PATHS[path], False):
         logvar = base.to(dtype).requires_grad_()
         value = F.individual_variance_kl(logvar, form=form, reduction=reduction, fused=fused)  # type: ignore[arg-type]
         value.backward()
@@ -144,10 +159,16 @@ def test_individual_kl_fused_float32_against_float64_oracle() -> None:
     )
 
 
+# relative error bound on the aggregate variance at |mu| / spread = 1e5 in float32: the fused
+# kernels' shifted one-pass moments, and the eager kernels' two passes (mean, then deviations)
+CANCELLATION_RTOL = {"fused": 1e-5, "eager": 1e-3}
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("variance", VARIANCES)
-def test_fused_variance_does_not_cancel(variance: str) -> None:
-    """|mu| ~ 1e4 with spread ~ 0.1: E[x^2] - E[x]^2 in float32 loses every digit; the fused
-    kernel's variance (the op's statistics output) matches a float64 two-pass oracle."""
+def test_variance_does_not_cancel(path: str, variance: str) -> None:
+    """|mu| ~ 1e4 with spread ~ 0.1: E[x^2] - E[x]^2 in float32 loses every digit; each
+    kernel set's variance (the op's statistics output) matches a float64 two-pass oracle."""
     generator = torch.Generator().manual_seed(3)
     mu = (1e4 + 0.1 * torch.randn(256, 6, generator=generator, dtype=torch.float64)).float()
     logvar = torch.full_like(mu, -8.0)
@@ -161,32 +182,39 @@ def test_fused_variance_does_not_cancel(variance: str) -> None:
         "mixture": logvar.double().exp().mean(0) + spread,
     }[variance]
     args = (mu, logvar if variance == "mixture" else None, z if variance == "sample" else None)
-    _, _, stats = torch.ops.mixelbo.mixture_kl(*args, variance)
+    _, _, stats = torch.ops.mixelbo.mixture_kl(*args, variance, path == "fused")
     torch.testing.assert_close(stats[0].double(), mean, rtol=1e-6, atol=0)
-    torch.testing.assert_close(stats[1].double(), oracle, rtol=1e-5, atol=0)
+    torch.testing.assert_close(stats[1].double(), oracle, rtol=CANCELLATION_RTOL[path], atol=0)
     naive = (z if variance == "sample" else mu).square().mean(0) - mu.mean(0).square()
     assert not torch.allclose(naive.double(), oracle, rtol=1e-1)  # the test can fail
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("variance", VARIANCES)
-def test_fused_gradcheck_float64(variance: str) -> None:
+def test_gradcheck_float64(path: str, variance: str) -> None:
     mu, logvar, z = (
         t.detach()[:6, :1, :3].clone().requires_grad_()
         for t in _leaves((6, 1, 3), torch.float64, 4)
     )
+    fused = PATHS[path]
 
     def kl_g(mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return F.mixture_kl(mu, logvar, z, variance=variance, reduction="none", fused=True)  # type: ignore[arg-type]
+        return F.mixture_kl(mu, logvar, z, variance=variance, reduction="none", fused=fused)  # type: ignore[arg-type]
+
+    def kl_g_sum(mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return F.mixture_kl(mu, logvar, z, variance=variance, fused=fused)  # type: ignore[arg-type]
 
     assert torch.autograd.gradcheck(kl_g, (mu, logvar, z))
-    assert torch.autograd.gradcheck(lambda lv: F.individual_variance_kl(lv, fused=True), (logvar,))
+    assert torch.autograd.gradcheck(kl_g_sum, (mu, logvar, z))
+    assert torch.autograd.gradcheck(lambda lv: F.individual_variance_kl(lv, fused=fused), (logvar,))
 
 
-def test_degenerate_batch_clamps_like_eager() -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_degenerate_batch_clamps_like_eager(path: str) -> None:
     """All means equal: the variance is clamped at float32's tiny; value and gradient (zero
     through the clamp, plus the mean term) match the eager reference."""
     mu = torch.full((4, 3), 0.25, requires_grad=True)
-    got = F.mixture_kl(mu, variance="means", fused=True)
+    got = F.mixture_kl(mu, variance="means", fused=PATHS[path])
     (got_grad,) = torch.autograd.grad(got, mu)
     want = F.mixture_kl(mu, variance="means", fused=False)
     (want_grad,) = torch.autograd.grad(want, mu)
@@ -211,28 +239,49 @@ BAD_CALLS = [
 
 
 @pytest.mark.parametrize("call", BAD_CALLS, ids=range(len(BAD_CALLS)))
-def test_fused_and_eager_raise_the_same_error(call: dict) -> None:
+def test_every_path_raises_the_same_error(call: dict) -> None:
     args = dict(call)
     tensors = [args.pop(name, None) for name in ("mu", "logvar", "z")]
     messages = []
-    for fused in (True, False):
+    for fused in (True, None, False):
         with pytest.raises(ValueError) as error:
             F.mixture_kl(*tensors, fused=fused, **args)
         messages.append(str(error.value))
-    assert messages[0] == messages[1]
+    assert messages[0] == messages[1] == messages[2]
 
 
 def _compiled_variants() -> int:
     return sum(len(kernel.variants) for kernel in _fused._compiled.values())
 
 
-def test_modules_use_the_fused_path_by_default() -> None:
+def test_modules_run_the_eager_kernels_by_default_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default CPU path compiles nothing and runs no Dynamo frame; MIXELBO_COMPILE=1 makes
+    the same module calls compile (or reuse) the fused kernels of both terms."""
+    monkeypatch.delenv("MIXELBO_COMPILE", raising=False)
+    monkeypatch.setattr(_fused, "_compiled", {})
     mu, logvar, z = _leaves((8, 4), torch.float32, 5)
-    MixtureKL()(mu, logvar, z)
-    IndividualVarianceKL()(logvar)
-    # the module call compiled (or reused) the fused kernels of both terms
+    frames = counters["frames"]["total"]
+    (MixtureKL()(mu, logvar, z) + IndividualVarianceKL()(logvar)).backward()
+    assert _fused._compiled == {} and counters["frames"]["total"] == frames
+    monkeypatch.setenv("MIXELBO_COMPILE", "1")
+    (MixtureKL()(mu, logvar, z) + IndividualVarianceKL()(logvar)).backward()
     names = {key[0] for key, kernel in _fused._compiled.items() if kernel.variants}
-    assert {"forward_sample", "forward_kl_i"} <= names
+    variance = MixtureKL().variance
+    assert names == {f"forward_{variance}", f"backward_{variance}", "forward_kl_i", "backward_kl_i"}
+
+
+def test_kernel_choice_follows_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.delenv("MIXELBO_COMPILE", raising=False)
+    assert [_fused.use_fused_kernels(f, cpu) for f in (None, True)] == [False, True]
+    assert _fused.use_fused_kernels(None, cuda)
+    monkeypatch.setenv("MIXELBO_COMPILE", "1")
+    assert _fused.use_fused_kernels(None, cpu)
+    monkeypatch.setenv("MIXELBO_COMPILE", "0")
+    assert not any(_fused.use_fused_kernels(f, dev) for f in (None, True) for dev in (cpu, cuda))
+    monkeypatch.setenv("MIXELBO_COMPILE", "yes")
+    with pytest.raises(ValueError, match=r"MIXELBO_COMPILE must be '0' or '1'.*'yes'"):
+        F.mixture_kl(torch.randn(4, 3), variance="means")
 
 
 def test_batch_size_changes_do_not_recompile() -> None:
@@ -251,15 +300,14 @@ def test_batch_size_changes_do_not_recompile() -> None:
     assert _compiled_variants() == graphs
 
 
-def test_mixelbo_compile_0_forces_the_eager_path(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mixelbo_compile_0_forces_the_eager_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MIXELBO_COMPILE", "0")
-    assert not _fused.compile_enabled()
     mu, logvar, z = _leaves((6, 4), torch.float32, 6)
     graphs = _compiled_variants()
     frames = counters["frames"]["total"]
-    value = MixtureKL(variance="mixture")(mu, logvar, z)
+    value = F.mixture_kl(mu, logvar, z, variance="mixture", fused=True)
     torch.testing.assert_close(value, F.mixture_kl(mu, logvar, z, variance="mixture", fused=False))
-    value.backward()
+    (value + F.individual_variance_kl(logvar, fused=True)).backward()
     assert _compiled_variants() == graphs  # nothing was compiled
     assert counters["frames"]["total"] == frames  # Dynamo never ran
 
@@ -268,6 +316,7 @@ def test_compile_failure_falls_back_with_one_warning(monkeypatch: pytest.MonkeyP
     def broken_compile(*args: object, **kwargs: object) -> object:
         raise RuntimeError("no C++ compiler")
 
+    monkeypatch.setenv("MIXELBO_COMPILE", "1")
     monkeypatch.setattr(_fused, "_compiled", {})
     monkeypatch.setattr(_fused, "_compile_failed", False)
     monkeypatch.setattr(_fused._DirectKernel, "_compile", broken_compile)
@@ -280,15 +329,16 @@ def test_compile_failure_falls_back_with_one_warning(monkeypatch: pytest.MonkeyP
         F.individual_variance_kl(logvar)
     fallback = [w for w in caught if issubclass(w.category, RuntimeWarning)]
     assert len(fallback) == 1 and "no C++ compiler" in str(fallback[0].message)
-    assert not _fused.compile_enabled()
+    assert not _fused.use_fused_kernels(True, mu.device)
     torch.testing.assert_close(first, F.mixture_kl(mu, logvar, z, fused=False))
     torch.testing.assert_close(second, F.mixture_kl(mu, logvar, z, variance="means", fused=False))
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("variance", VARIANCES)
-def test_custom_op_registration(variance: str) -> None:
+def test_custom_op_registration(variance: str, fused: bool) -> None:
     """torch.library's own checks: schema, fake (meta) kernel, autograd registration and
-    tracing through AOTAutograd with dynamic shapes."""
+    tracing through AOTAutograd with dynamic shapes, for both kernel sets."""
     mu, logvar, z = (
         t.detach().reshape(10, 3).requires_grad_() for t in _leaves((10, 3), torch.float32, 8)
     )
@@ -297,9 +347,36 @@ def test_custom_op_registration(variance: str) -> None:
         logvar if variance == "mixture" else None,
         z if variance == "sample" else None,
         variance,
+        fused,
     )
     torch.library.opcheck(torch.ops.mixelbo.mixture_kl.default, args)
-    torch.library.opcheck(torch.ops.mixelbo.individual_variance_kl.default, (logvar,))
+    torch.library.opcheck(torch.ops.mixelbo.individual_variance_kl.default, (logvar, fused))
+
+
+def test_torch_compile_traces_the_default_path_without_compiling_mixelbo_kernels() -> None:
+    """Under a user's torch.compile on CPU the custom ops run the eager kernels: the values and
+    gradients equal the reference and mixelbo compiles nothing of its own."""
+    graphs = _compiled_variants()
+    leaves = _leaves((7, 5), torch.float32, 11)
+
+    def loss(mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        kl_i = IndividualVarianceKL(reduction="sum")(logvar)
+        return MixtureKL(variance="sample")(mu, logvar, z) + 0.5 * kl_i
+
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    got_inputs = [t.detach().requires_grad_() for t in leaves]
+    got = compiled(*got_inputs)
+    got.backward()
+    want_inputs = [t.detach().requires_grad_() for t in leaves]
+    mu, logvar, z = want_inputs
+    want = F.mixture_kl(mu, logvar, z, variance="sample", fused=False)
+    want = want + 0.5 * F.individual_variance_kl(logvar, reduction="sum", fused=False)
+    want.backward()
+    torch.testing.assert_close(got, want)
+    for a, b in zip(got_inputs, want_inputs, strict=True):
+        assert a.grad is not None and b.grad is not None
+        torch.testing.assert_close(a.grad, b.grad)
+    assert _compiled_variants() == graphs
 
 
 def test_second_derivatives_are_refused() -> None:
@@ -333,9 +410,9 @@ def test_kernel_first_compiled_on_aliased_inputs_stays_correct() -> None:
     one input for both later (make_fx dedupes aliased placeholders)."""
     kernel = _fused._DirectKernel(_fused._forward_mixture)
     x = torch.randn(4, 3)
-    kernel(x, x)
+    kernel([x, x])
     mu, logvar = torch.randn(3, 3), torch.randn(3, 3) - 1
-    got = kernel(mu, logvar)
+    got = kernel([mu, logvar])
     mean = mu.double().mean(0)
     var = logvar.double().exp().mean(0) + (mu.double() - mean).square().mean(0)  # eq. 18 mixture
     oracle = 0.5 * (var + mean.square() - 1 - var.log())  # eq. 19
@@ -368,3 +445,78 @@ def test_a_fused_step_runs_every_kernel_compiled(monkeypatch: pytest.MonkeyPatch
     loss.backward()
     compiled = {name for name, _, _ in _fused._compiled}
     assert compiled == {"forward_sample", "backward_sample", "forward_kl_i", "backward_kl_i"}
+
+
+def _run_fresh(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``code`` in a fresh interpreter (no kernels, no imports shared with this process)."""
+    environment = {k: v for k, v in os.environ.items() if k != "MIXELBO_COMPILE"}
+    environment |= {"CUDA_VISIBLE_DEVICES": ""} | env
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=300, env=environment, check=False,
+        cwd=Path(__file__).resolve().parent,
+    )  # fmt: skip
+
+
+def test_a_fresh_process_first_call_compiles_nothing() -> None:
+    """The issue's first call (both modules at (64, 512), forward and backward) in a fresh
+    process: Dynamo and Inductor are never imported and no kernel is compiled, so it takes
+    milliseconds. The time bound is generous (the cold compile it replaces took ~14 s); the
+    structural checks are the test."""
+    completed = _run_fresh("""
+        import sys, time
+        import torch
+        from mixelbo import IndividualVarianceKL, MixtureKL, _fused
+        mu, logvar, z = (torch.randn(64, 512, requires_grad=True) for _ in range(3))
+        start = time.perf_counter()
+        (MixtureKL()(mu, logvar, z) + 0.5 * IndividualVarianceKL()(logvar)).backward()
+        elapsed = time.perf_counter() - start
+        loaded = sorted(m for m in ("torch._dynamo", "torch._inductor") if m in sys.modules)
+        print(elapsed, loaded, len(_fused._compiled), mu.grad is not None)
+    """)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    elapsed, rest = completed.stdout.split(" ", 1)
+    assert rest.strip() == "[] 0 True", completed.stdout
+    assert float(elapsed) < 5.0
+
+
+def test_a_failed_op_registration_does_not_break_import() -> None:
+    """A torch.library that rejects the custom ops (as torch 2.4-2.6 rejected annotation-inferred
+    schemas): ``import mixelbo`` warns once, eager calls give the oracle's values, and a
+    fullgraph torch.compile traces the eager reference expression instead of the ops."""
+    completed = _run_fresh("""
+        import warnings
+        import torch
+
+        custom_op = torch.library.custom_op
+
+        def refuse(name, *args, **kwargs):
+            if name.startswith("mixelbo::"):
+                raise ValueError("infer_schema(func): unsupported type")
+            return custom_op(name, *args, **kwargs)
+
+        torch.library.custom_op = refuse
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            from mixelbo import IndividualVarianceKL, MixtureKL, _fused
+        ours = [w for w in caught if "registering the torch.library custom ops" in str(w.message)]
+        assert len(ours) == 1 and ours[0].category is RuntimeWarning, caught
+        assert not _fused.ops_registered()
+        g = torch.Generator().manual_seed(0)
+        mu, logvar, z = (torch.randn(6, 3, generator=g, dtype=torch.float64) for _ in range(3))
+        m = mu.mean(0)
+        v = ((z - m) ** 2).mean(0)
+        oracle = 0.5 * (v + m**2 - 1 - v.log()).sum() + (logvar.exp() - 1 - logvar).sum()
+
+        def loss(mu, logvar, z):
+            kl_i = IndividualVarianceKL(reduction="sum")(logvar)
+            return MixtureKL(variance="sample")(mu, logvar, z) + kl_i
+
+        eager = loss(mu, logvar, z)
+        traced = torch.compile(loss, backend="eager", fullgraph=True)(mu, logvar, z)
+        torch.testing.assert_close(eager, oracle)
+        torch.testing.assert_close(traced, oracle)
+        print("ok")
+    """)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.strip() == "ok"

@@ -53,30 +53,34 @@ def as_samples(name: str, tensor: Tensor, pattern: str | None) -> Tensor:
 
     Without ``pattern`` the first axis is the batch and all others are latent dimensions
     (``(b, ...) -> (b, prod(...))``); with ``pattern`` the einops expression decides, e.g.
-    ``"b c h w -> (b h w) c"`` makes every spatial position a sample.
+    ``"b c h w -> (b h w) c"`` makes every spatial position a sample. A matrix already in the
+    accumulation dtype is returned as it is (no view, no copy).
     """
     check_floating(name, tensor)
     if pattern is None:
-        if tensor.ndim < 2:
-            raise ValueError(
-                f"{name} must have shape (batch, *latent_dims) with at least one latent "
-                f"axis; got shape {tuple(tensor.shape)} (pass pattern= for other layouts)"
-            )
-        matrix = tensor.flatten(1)
+        if tensor.ndim != 2:
+            if tensor.ndim < 2:
+                raise ValueError(
+                    f"{name} must have shape (batch, *latent_dims) with at least one latent "
+                    f"axis; got shape {tuple(tensor.shape)} (pass pattern= for other layouts)"
+                )
+            tensor = tensor.flatten(1)
     else:
         try:
-            matrix = rearrange(tensor, pattern)
+            tensor = rearrange(tensor, pattern)
         except Exception as error:  # einops raises its own EinopsError
             raise ValueError(
                 f"pattern {pattern!r} does not apply to {name} of shape "
                 f"{tuple(tensor.shape)}: {error}"
             ) from None
-        if matrix.ndim != 2:
+        if tensor.ndim != 2:
             raise ValueError(
                 f"pattern must map {name} to (samples, dims); {pattern!r} gives shape "
-                f"{tuple(matrix.shape)}"
+                f"{tuple(tensor.shape)}"
             )
-    return matrix.to(accumulation_dtype(tensor))
+    if tensor.dtype in (torch.float64, torch.float32):
+        return tensor
+    return tensor.float()
 
 
 def check_min_samples(name: str, matrix: Tensor, minimum: int = 2) -> None:

@@ -124,7 +124,13 @@ def batch_moments(
         >>> batch_moments(mu, torch.zeros(2, 1), variance="mixture")
         (tensor([2.]), tensor([2.]))
     """
-    mu_s, logvar_s, z_s = _moment_samples(mu, logvar, z, variance, pattern)
+    return _moments(*_moment_samples(mu, logvar, z, variance, pattern), variance)
+
+
+def _moments(
+    mu_s: Tensor, logvar_s: Tensor | None, z_s: Tensor | None, variance: str
+) -> tuple[Tensor, Tensor]:
+    """Eqs. 17-18 from the ``(samples, dims)`` matrices of :func:`_moment_samples`."""
     mean = mu_s.mean(0)  # eq. 17
     if variance == "sample":
         assert z_s is not None
@@ -188,9 +194,12 @@ def mixture_kl(
     Args:
         mu, logvar, z, variance, pattern: as in :func:`batch_moments`.
         reduction: over latent dims, ``"sum"`` (eq. 19), ``"mean"`` or ``"none"``.
-        fused: ``None`` (default): the fused kernels of :mod:`mixelbo._fused` unless
-            ``MIXELBO_COMPILE=0`` is set or compiling them failed; ``False``: this eager
-            reference expression; ``True``: the fused op (eager kernels if compilation is off).
+        fused: ``None`` (default): the closed-form gradient of :mod:`mixelbo._fused` with
+            its fused Inductor kernels on CUDA and its eager kernels on CPU (nothing is
+            compiled); ``MIXELBO_COMPILE=1`` selects the fused kernels everywhere and
+            ``MIXELBO_COMPILE=0`` the eager ones. ``True``: the fused kernels unless
+            ``MIXELBO_COMPILE=0``. ``False``: this eager reference expression, differentiated
+            by autograd.
 
     Returns:
         A scalar, or the per-dimension KL of shape ``(dims,)`` for ``reduction="none"``.
@@ -208,13 +217,14 @@ def mixture_kl(
         tensor(0.)
     """
     check_option("reduction", reduction, DIM_REDUCTIONS)
-    if fused if fused is not None else _fused.compile_enabled():
-        mu_s, logvar_s, z_s = _moment_samples(mu, logvar, z, variance, pattern)
-        fused_per_dim, fused_sum = _fused.mixture_kl_per_dim(mu_s, logvar_s, z_s, variance)
+    mu_s, logvar_s, z_s = _moment_samples(mu, logvar, z, variance, pattern)
+    if fused is not False and _fused.closed_form_available():
+        kernels = _fused.use_fused_kernels(fused, mu_s.device)
+        per_dim, total = _fused.mixture_kl_per_dim(mu_s, logvar_s, z_s, variance, kernels)
         if reduction == "sum":
-            return fused_sum
-        return fused_per_dim if reduction == "none" else fused_sum / fused_per_dim.shape[0]
-    mean, var = batch_moments(mu, logvar, z, variance=variance, pattern=pattern)
+            return total
+        return per_dim if reduction == "none" else total / per_dim.shape[0]
+    mean, var = _moments(mu_s, logvar_s, z_s, variance)
     var = var.clamp_min(torch.finfo(var.dtype).tiny)
     kl_per_dim = 0.5 * (var + mean.square() - 1.0 - var.log())  # eq. 19
     return _reduce_dims(kl_per_dim, reduction)
@@ -245,9 +255,10 @@ def individual_variance_kl(
             authors' public code), ``"mean"`` (over all elements) or ``"none"``.
         pattern: einops pattern mapping ``logvar`` to ``(samples, dims)``; decides what
             ``"batchmean"`` divides by and the shape of ``"none"``.
-        fused: ``None`` (default): the fused kernel of :mod:`mixelbo._fused` for the scalar
-            reductions unless ``MIXELBO_COMPILE=0`` is set or compiling failed; ``False``: this
-            eager reference expression; ``True``: the fused op. ``"none"`` is always eager.
+        fused: for the scalar reductions, as in :func:`mixture_kl`: ``None`` (default): the
+            closed-form gradient with fused kernels on CUDA and eager ones on CPU; ``True``:
+            the fused kernels unless ``MIXELBO_COMPILE=0``; ``False``: this eager reference
+            expression. ``"none"`` always evaluates the reference expression.
 
     Returns:
         A scalar, or the ``(samples, dims)`` elements for ``reduction="none"``.
@@ -264,8 +275,9 @@ def individual_variance_kl(
     check_option("reduction", reduction, ELEMENT_REDUCTIONS)
     logvar_s = as_samples("logvar", logvar, pattern)
     scale = 0.5 if form == "kl" else 1.0
-    if reduction != "none" and (fused if fused is not None else _fused.compile_enabled()):
-        total = _fused.individual_variance_kl_sum(logvar_s)
+    if reduction != "none" and fused is not False and _fused.closed_form_available():
+        kernels = _fused.use_fused_kernels(fused, logvar_s.device)
+        total = _fused.individual_variance_kl_sum(logvar_s, kernels)
         divisor = {"sum": 1, "batchmean": logvar_s.shape[0], "mean": logvar_s.numel()}[reduction]
         return total if scale == 1.0 and divisor == 1 else total * (scale / divisor)
     elements = scale * (torch.expm1(logvar_s) - logvar_s)  # eq. 20: sigma^2 - 1 - log sigma^2
