@@ -436,7 +436,8 @@ def study(
         The study's summary (what ``study.json`` holds).
 
     Raises:
-        ValueError: on an unknown budget or dataset.
+        ValueError: on an unknown budget, dataset or family, or an ``out`` holding a study of
+            another budget.
     """
     if budget not in BUDGETS:
         raise ValueError(f"budget must be one of {list(BUDGETS)}; got {budget!r}")
@@ -453,6 +454,13 @@ def study(
     plan = BUDGETS[budget]
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
+    marker = _read_json(root / "budget.json")
+    if marker is not None and marker["budget"] != budget:
+        raise ValueError(
+            f"out {str(out)!r} holds a study of budget {marker['budget']!r}; got budget "
+            f"{budget!r} (use another folder)"
+        )
+    write_json({"budget": budget, "plan": plan.__dict__}, root / "budget.json")
     started = time.perf_counter()
     timing = {"train_seconds": 0.0, "score_seconds": 0.0}
     results: dict[str, Any] = {}

@@ -60,6 +60,8 @@ def test_study_runs_end_to_end_and_skips_finished_work(
     assert again["train_seconds_this_call"] == again["score_seconds_this_call"] == 0
     assert again["seconds_total"] >= summary["seconds_total"]
     assert again["datasets"]["procedural"]["points"] == result["points"]
+    with pytest.raises(ValueError, match=r"holds a study of budget 'smoke'; got budget 'large'"):
+        study.study(tmp_path, budget="large", datasets=["procedural"], progress=False)
 
 
 def _score(fid: float, l1: float, active: int) -> dict:
