@@ -112,6 +112,9 @@ __all__ = [
 
 _compiled: dict[tuple[str, torch.dtype, str], _DirectKernel] = {}
 _compile_failed = False
+# MIXELBO_COMPILE as last read in eager mode: code traced by torch.compile reads this global
+# (Dynamo guards on it) instead of os.environ, which older Dynamo releases cannot trace.
+_setting = os.environ.get("MIXELBO_COMPILE")
 
 
 def use_fused_kernels(fused: bool | None, device: torch.device) -> bool:
@@ -123,7 +126,10 @@ def use_fused_kernels(fused: bool | None, device: torch.device) -> bool:
     Raises:
         ValueError: if ``MIXELBO_COMPILE`` is set to anything but ``0`` or ``1``.
     """
-    setting = os.environ.get("MIXELBO_COMPILE")
+    global _setting
+    if not torch.compiler.is_compiling():
+        _setting = os.environ.get("MIXELBO_COMPILE")
+    setting = _setting
     if setting is not None and setting not in ("0", "1"):
         raise ValueError(f"MIXELBO_COMPILE must be '0' or '1' (or unset); got {setting!r}")
     if _compile_failed or setting == "0":
