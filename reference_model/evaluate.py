@@ -23,6 +23,8 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -68,6 +70,7 @@ from mixelbo_reference.sample_quality import (
     InceptionFeatures,
     ProjectFeatures,
     compare_sets,
+    single_thread,
 )
 
 __all__ = [
@@ -303,6 +306,9 @@ def evaluate(
     _check_dims("fig4_dims", fig4_dims, latent_dim)
     _check_dims("fig6_dims", fig6_dims, latent_dim)
     train, test = config.datasets(data)
+    if config.holdout:  # the feature network and the training-image reference are the
+        # dataset's: the whole training split, also for a run that held some of it out
+        train, _ = dataclasses.replace(config, holdout=0).datasets(data)
     count = len(test) if n_test is None else min(n_test, len(test))
     if count < 8:
         raise ValueError(f"the test split has {len(test)} images; at least 8 are needed")
@@ -352,8 +358,9 @@ def evaluate(
     # ---- sample quality: prior samples, reconstructions and training images vs the test split
     quality: dict[str, Any] = {"skipped": skipped, "feature_network": feature_network}
     if extractor is not None:
-        quality.update(
-            _sample_quality(
+        # one thread on CPU: small decodes, convolutions and matrix products (see compare_sets)
+        with single_thread() if torch_device.type == "cpu" else contextlib.nullcontext():
+            sampled = _sample_quality(
                 vae,
                 extractor,
                 train,
@@ -366,7 +373,7 @@ def evaluate(
                 device=torch_device,
                 progress=progress,
             )
-        )
+        quality.update(sampled)
     mu64, logvar64 = mu.double(), logvar.double()
 
     # ---- collapse metrics (test split)
@@ -762,8 +769,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cache-dir",
         default=None,
-        help="cache of the feature networks (default: the run's --cache-dir, else "
-        "$MIXELBO_CACHE, else ~/.cache/mixelbo)",
+        help="cache of the feature networks (default: the run's --cache-dir, else the "
+        "MIXELBO_CACHE environment variable, else ~/.cache/mixelbo)",
     )
     parser.add_argument(
         "--feature-net-steps",

@@ -10,11 +10,13 @@ trains, once per dataset, a small CNN (:class:`FeatureNet`) and caches it:
   factors; circular factors as ``(cos, sin)`` of their angle, discrete ones one-hot); its
   quality is the R^2 on the test split, per factor and averaged.
 
-The features are the penultimate layer (:meth:`FeatureNet.features`, 128 ReLU units, scaled to a
-mean square of 1 on the training images). Training
-is seeded and runs on at most :data:`MAX_TRAIN_IMAGES` images of the training split, unflipped
-(a flip would change the procedural factors), for :data:`TRAIN_STEPS` Adam steps; about 15 s on
-two CPU cores at 32x32. The weights and the quality go into one safetensors file in
+The features are the penultimate layer (:meth:`FeatureNet.features`, 128 ReLU units, scaled to
+a mean square of 1 on the training images). Training is seeded and runs on at most
+:data:`MAX_TRAIN_IMAGES` images of the training split, unflipped (a flip would change the
+procedural factors), for :data:`TRAIN_STEPS` Adam steps on one CPU thread (these small
+convolutions only pay OpenMP overhead with more): 12 s to 55 s at 32x32 on a 2-core machine
+shared with other jobs; test accuracy 0.981 on MNIST, mean test R^2 0.77 on the procedural
+data at 32x32 (0.69 at 64x64). The weights and the quality go into one safetensors file in
 ``CACHE/features/`` (``CACHE`` is the run's ``--cache-dir``, else ``$MIXELBO_CACHE``, else
 ``~/.cache/mixelbo``), named by the task, the dataset, the image size and
 :data:`FEATURE_NET_VERSION`; it is written to a temporary file and renamed, so an interrupted
@@ -24,7 +26,7 @@ Example:
     >>> train, test = TrainConfig(data="mnist").datasets()  # doctest: +SKIP
     >>> net, info = load_or_train_feature_net(train, test, cache_dir=tmp)  # doctest: +SKIP
     >>> info.metric, round(info.score, 2)  # doctest: +SKIP
-    ('test accuracy', 0.97)
+    ('test accuracy', 0.98)
 """
 
 from __future__ import annotations
@@ -91,11 +93,13 @@ CIRCULAR_FACTORS: dict[str, float] = {
 class FeatureNet(nn.Module):
     """A small CNN: conv stages down to 4x4, a dense feature layer and a linear head.
 
-    Each stage is a 3x3 convolution, a ReLU and a 2x2 max-pool; widths 16, 32, 64, then 64 for
-    any further stage (images larger than 32x32). The 4x4 map (adaptive average pooling for
-    sizes that are not 4 times a power of two) is flattened, so the features keep where things
-    are, and goes through ``Linear(1024, 128)`` and a ReLU: :meth:`features`. The head maps the
-    128 features to ``outputs`` logits or regression targets. 0.16 M parameters at 32x32.
+    Images larger than 32x32 first pass stride-2 3x3 convolutions (16 channels, ReLU) until
+    they are at most 32x32: every pixel is still seen, at a quarter of the cost per halving.
+    Then each stage is a 3x3 convolution, a ReLU and a 2x2 max-pool, widths 16, 32, 64. The
+    4x4 map (adaptive average pooling for sizes that are not 4 times a power of two) is
+    flattened, so the features keep where things are, and goes through ``Linear(1024, 128)``
+    and a ReLU: :meth:`features`. The head maps the 128 features to ``outputs`` logits or
+    regression targets. 0.16 M parameters at 32x32 (0.16 M plus 2.3 k per stem above).
 
     Args:
         outputs: Classes or regression targets of the head, ``>= 1``.
@@ -115,9 +119,12 @@ class FeatureNet(nn.Module):
         if image_size < 8:
             raise ValueError(f"image_size must be >= 8; got {image_size}")
         self.outputs, self.image_size = int(outputs), int(image_size)
-        stages = max(1, math.ceil(math.log2(image_size / 4)))
         layers: list[nn.Module] = []
-        channels = 3
+        channels, size = 3, int(image_size)
+        while size > 32:  # stride-2 stems bring large images to 32x32 at little cost
+            layers += [nn.Conv2d(channels, 16, 3, stride=2, padding=1), nn.ReLU()]
+            channels, size = 16, (size + 1) // 2
+        stages = max(1, math.ceil(math.log2(size / 4)))
         for stage in range(stages):
             width = (16, 32, 64)[min(stage, 2)]
             layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
@@ -188,7 +195,7 @@ class FeatureNetInfo:
 def dataset_identity(dataset: Dataset[Tensor]) -> tuple[str, str] | None:
     """``(task, identity)`` of a dataset the project trains a feature net for, else ``None``.
 
-    The identity names everything that determines the images: ``mnist-split<seed>`` for
+    The identity names everything that determines the images: ``mnist-split<seed>-n<size>`` for
     ``--data mnist``; ``procedural-g<generator version>-n<size>-seed<seed>`` for a split of the
     embedded dataset. Image folders get ``None`` (Inception-v3 features, with local weights).
     """
@@ -196,7 +203,7 @@ def dataset_identity(dataset: Dataset[Tensor]) -> tuple[str, str] | None:
     from mixelbo_reference.procedural import GENERATOR_VERSION, ProceduralDataset
 
     if isinstance(dataset, MnistDataset):
-        return "mnist-classifier", f"mnist-split{SPLIT_SEED}"
+        return "mnist-classifier", f"mnist-split{SPLIT_SEED}-n{len(dataset)}"
     if isinstance(dataset, ProceduralDataset):
         identity = f"procedural-g{GENERATOR_VERSION}-n{dataset.size}-seed{dataset.generation_seed}"
         return "procedural-factor-regressor", identity

@@ -278,17 +278,23 @@ def _gaussian_mixture(column: Array, components: int, seed: int) -> tuple[Gaussi
     return mixture, scale
 
 
-def _mixture_fit(column: Array, components: int, seed: int) -> tuple[Array, Array, Array, float]:
-    """``(means, stds, weights, total log-likelihood)`` in the column's own units."""
+def _mixture_fit(
+    column: Array, components: int, seed: int
+) -> tuple[Array, Array, Array, float, float]:
+    """``(means, stds, weights, total log-likelihood, BIC)`` in the column's own units.
+
+    The BIC is scikit-learn's (``-2 log L + p log n``, ``p`` = 2 for one Gaussian, 5 for
+    two); the density of the raw values is that of the standardised ones divided by the
+    scale, so both move by ``n log(scale)`` (times -2 for the BIC).
+    """
     mixture, scale = _gaussian_mixture(column, components, seed)
-    standardised = (column - column.mean()) / scale
+    standardised = ((column - column.mean()) / scale)[:, None]
     means = mixture.means_[:, 0] * scale + column.mean()
     stds = np.sqrt(mixture.covariances_.reshape(components)) * scale
-    # the density of the raw values is that of the standardised ones divided by the scale
-    loglik = float(mixture.score(standardised[:, None])) * len(column) - len(column) * math.log(
-        scale
-    )
-    return means, stds, np.asarray(mixture.weights_, dtype=np.float64), loglik
+    shift = len(column) * math.log(scale)
+    loglik = float(mixture.score(standardised)) * len(column) - shift
+    bic = float(mixture.bic(standardised)) + 2 * shift
+    return means, stds, np.asarray(mixture.weights_, dtype=np.float64), loglik, bic
 
 
 def fit_two_gaussians(samples: Any, *, seed: int = 0) -> tuple[Array, Array, Array, Array]:
@@ -320,7 +326,7 @@ def fit_two_gaussians(samples: Any, *, seed: int = 0) -> tuple[Array, Array, Arr
         if _is_degenerate(column):
             means[d] = column.mean()
             continue
-        m, s, w, ll = _mixture_fit(column, 2, seed)
+        m, s, w, ll, _ = _mixture_fit(column, 2, seed)
         order = np.argsort(m)
         means[d], stds[d], weights[d], loglik[d] = m[order], s[order], w[order], ll
     return means, stds, weights, loglik
@@ -408,7 +414,7 @@ def bimodality_test(samples: Any, *, seed: int = 0, progress: bool = False) -> B
         [True, False]
     """
     data = _as_columns(samples)
-    n, dims = data.shape
+    dims = data.shape[1]
     means, stds = np.zeros((dims, 2)), np.zeros((dims, 2))
     weights = np.full((dims, 2), 0.5)
     bic_one, bic_two = np.full(dims, np.nan), np.full(dims, np.nan)
@@ -419,12 +425,10 @@ def bimodality_test(samples: Any, *, seed: int = 0, progress: bool = False) -> B
         if _is_degenerate(column):
             means[d] = column.mean()
             continue
-        *_, loglik_one = _mixture_fit(column, 1, seed)
-        m, s, w, loglik_two = _mixture_fit(column, 2, seed)
+        *_, bic_one[d] = _mixture_fit(column, 1, seed)
+        m, s, w, _, bic_two[d] = _mixture_fit(column, 2, seed)
         order = np.argsort(m)
         means[d], stds[d], weights[d] = m[order], s[order], w[order]
-        bic_one[d] = -2 * loglik_one + 2 * math.log(n)
-        bic_two[d] = -2 * loglik_two + 5 * math.log(n)
         ashman_d[d] = (
             math.sqrt(2) * abs(means[d, 1] - means[d, 0]) / math.sqrt(float((stds[d] ** 2).sum()))
         )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -98,6 +100,20 @@ def test_mixelbo_eval_writes_the_report(tiny_run: Path, tmp_path: Path, capsys) 
     assert quality["sets"]["prior"]["fid"] > quality["sets"]["train"]["fid"]
     assert "Sample quality (against the test split)" in markdown
     assert "| training images (real-data reference) | 16 |" in markdown
+
+
+def test_a_run_with_a_validation_holdout_uses_the_whole_training_split(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for config in run.rglob("config.toml"):
+        text = re.sub(r"^#? ?holdout = .*$", "", config.read_text(), flags=re.MULTILINE)
+        config.write_text(text + "\nholdout = 16\n")
+    out = tmp_path / "report"
+    assert eval_main([str(run), "--out", str(out), "--no-progress", *FAST_FEATURES]) == 0
+    quality = json.loads((out / "metrics.json").read_text())["sample_quality"]
+    assert quality["feature_network"]["train_images"] == 64  # not 64 - 16
 
 
 def test_mixelbo_eval_on_an_image_folder_skips_sample_quality(
