@@ -4,15 +4,17 @@ Every objective trains the same architecture on the same data with the same seed
 and step budget (through :func:`mixelbo_reference.train.train`), then :func:`evaluate` runs on
 each run. The output folder holds ``runs/LABEL/`` (the training runs), ``LABEL/`` (each run's
 full report) and ``compare.md`` / ``compare.html`` / ``compare.json``: one side-by-side table
-and a figure page (reconstructions, prior samples, Fig. 6 and latent histograms per objective).
+and a figure page (reconstructions, prior samples, FID / KID / precision / recall, Fig. 4-6 and
+latent histograms per objective).
 
-Objectives are written ``mixture``, ``authors-code``, ``vae`` or ``beta-vae=B``. A run that
-already reached the step budget is not trained again, and one that was interrupted resumes
-from its last checkpoint, so an interrupted comparison loses at most one checkpoint interval.
+Objectives are written ``mixture``, ``paper``, ``authors-code``, ``vae`` or ``beta-vae=B``. A
+run that already reached the step budget is not trained again, and one that was interrupted
+resumes from its last checkpoint, so an interrupted comparison loses at most one checkpoint
+interval.
 
 Example::
 
-    mixelbo-compare --config cpu-64 --steps 600 --out reports/compare
+    mixelbo-compare --config cpu-32 --data mnist --out reports/compare
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ __all__ = [
     "train_once",
 ]
 
-DEFAULT_OBJECTIVES: tuple[str, ...] = ("mixture", "vae", "beta-vae=0.1", "beta-vae=10")
-"""The paper's objective, the standard VAE and beta-VAE with beta < 1 and beta > 1."""
+DEFAULT_OBJECTIVES: tuple[str, ...] = ("mixture", "paper", "vae", "beta-vae=0.1", "beta-vae=10")
+"""The recommended and the printed eq. 22, the standard VAE and beta-VAE with beta < 1 and > 1."""
 
 
 def parse_objective(spec: str) -> tuple[str, float]:
@@ -111,9 +113,10 @@ def compare(
     out: str | Path,
     *,
     objectives: Sequence[str] = DEFAULT_OBJECTIVES,
-    preset: str = "cpu-64",
+    preset: str = "cpu-32",
     overrides: dict[str, Any] | None = None,
     n_test: int | None = None,
+    evaluation: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Train and evaluate every objective; write ``compare.{md,html,json}`` into ``out``.
@@ -124,6 +127,8 @@ def compare(
         preset: the ``TrainConfig`` preset every run starts from.
         overrides: ``TrainConfig`` fields set for every run (steps, batch_size, data, ...).
         n_test: test images evaluated per run (default all).
+        evaluation: other keyword arguments of :func:`~mixelbo_reference.evaluate.evaluate`
+            for every run (e.g. ``{"sample_quality": False}``).
         progress: show progress bars.
 
     Returns:
@@ -159,8 +164,9 @@ def compare(
         run_dir = train_once(config)
         train_seconds = time.perf_counter() - run_started
         metrics = evaluate(
-            run_dir, root / label, n_test=n_test, device=str(config.device), progress=progress
-        )
+            run_dir, root / label, n_test=n_test, device=str(config.device), progress=progress,
+            **(evaluation or {}),
+        )  # fmt: skip
         metrics["label"] = label
         metrics["train_seconds"] = round(train_seconds, 1)
         metrics["steps"] = config.steps
@@ -253,6 +259,13 @@ def comparison_blocks(summary: dict[str, Any]) -> list[Any]:
     blocks.append(Heading("Samples from the prior"))
     for m in runs:
         blocks.append(Figure(f"{m['label']}/samples.png", f"{objective_label(m)}: prior samples"))
+    blocks += sample_quality_comparison(runs)
+    blocks.append(Heading("Variations (Fig. 4) and transitions (Fig. 5)"))
+    for m in runs:
+        blocks += [
+            Figure(f"{m['label']}/fig4_variations.png", f"{objective_label(m)}: Fig. 4"),
+            Figure(f"{m['label']}/fig5_transitions.png", f"{objective_label(m)}: Fig. 5"),
+        ]
     blocks.append(Heading("Latent histograms (Fig. 6)"))
     for m in runs:
         blocks += [
@@ -266,11 +279,36 @@ def comparison_blocks(summary: dict[str, Any]) -> list[Any]:
         ]
     blocks.append(
         Paragraph(
-            "Each objective's full report (Fig. 4, Fig. 5, collapse histograms, probe) is in "
+            "Each objective's full report (collapse histograms, probe, every metric) is in "
             "its own folder: " + ", ".join(f"`{m['label']}/report.html`" for m in runs) + "."
         )
     )
     return blocks
+
+
+def sample_quality_comparison(runs: Sequence[dict[str, Any]]) -> list[Any]:
+    """FID, KID and precision/recall of each run's prior samples and reconstructions (the
+    generated column: ``prior`` or ``reconstruction``)."""
+    measured = [m for m in runs if (m.get("sample_quality") or {}).get("sets")]
+    if not measured:
+        return []
+    first = measured[0]["sample_quality"]
+    rows = [
+        [objective_label(m), kind, *(row[k] for k in ("fid", "kid_mean", "precision", "recall"))]
+        for m in measured
+        for kind, row in m["sample_quality"]["sets"].items()
+        if kind in ("prior", "reconstruction")
+    ]
+    return [
+        Heading("Sample quality"),
+        Paragraph(
+            f"Against {first['test_images']} test images, in the features of the project's "
+            "network for this dataset (each run's report names it and its test quality). "
+            f"Precision / recall: Kynkaanniemi et al. 2019, k = {first['pr_k']}. "
+            f"{first['note']}"
+        ),
+        Table(["objective", "generated", "FID", "KID", "precision", "recall"], rows),
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,13 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--objectives",
         nargs="+",
         default=list(DEFAULT_OBJECTIVES),
-        help="mixture, authors-code, vae or beta-vae=B (default: %(default)s)",
+        help="mixture, paper, authors-code, vae or beta-vae=B (default: %(default)s)",
     )
-    parser.add_argument("--config", default="cpu-64", help="TrainConfig preset of every run")
+    parser.add_argument("--config", default="cpu-32", help="TrainConfig preset of every run")
     parser.add_argument("--steps", type=int, default=None, help="steps per objective")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size of every run")
     parser.add_argument("--lr", type=float, default=None, help="learning rate of every run")
-    parser.add_argument("--data", default=None, help="image folder (default: embedded dataset)")
+    parser.add_argument(
+        "--data", default=None, help="mnist or an image folder (default: embedded dataset)"
+    )
     parser.add_argument("--train-split", type=float, default=None, help="train count or fraction")
     parser.add_argument(
         "--procedural-size", type=int, default=None, help="images in the embedded dataset"
@@ -309,6 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(repeatable; VALUE is read as JSON, else as a string)",
     )
     parser.add_argument("--n-test", type=int, default=None, help="test images per evaluation")
+    parser.add_argument(
+        "--no-sample-quality", action="store_true", help="skip FID, KID and precision/recall"
+    )
+    parser.add_argument(
+        "--feature-net-steps", type=int, default=None,
+        help="training steps of the evaluation's feature network (default: mixelbo-eval's)",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser
 
@@ -324,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides["train_split"] = args.train_split
     if args.no_gan:
         overrides["gan"] = False
+    evaluation: dict[str, Any] = {"sample_quality": not args.no_sample_quality}
+    if args.feature_net_steps is not None:
+        evaluation["feature_net_steps"] = args.feature_net_steps
     try:
         overrides.update(parse_settings(args.set))
         results = compare(
@@ -332,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             preset=args.config,
             overrides=overrides,
             n_test=args.n_test,
+            evaluation=evaluation,
             progress=not args.no_progress,
         )
     except ValueError as error:

@@ -166,24 +166,27 @@ def test_mixelbo_compare_end_to_end(tmp_path: Path, capsys) -> None:
     out = tmp_path / "compare"
     argv = ["--out", str(out), "--config", "tiny-32", "--steps", "2", "--no-progress"]
     argv += ["--procedural-size", str(PROCEDURAL), "--cache-dir", str(tmp_path / "cache")]
-    assert compare_main(argv) == 0  # default objectives: mixture, vae, beta < 1, beta > 1
+    argv += ["--feature-net-steps", "20"]
+    assert compare_main(argv) == 0  # default: mixture, paper, vae, beta < 1, beta > 1
     summary = json.loads((out / "compare.json").read_text())
     labels = [run["label"] for run in summary["runs"]]
-    assert labels == ["mixture", "vae", "beta-vae-0.1", "beta-vae-10"]
-    assert [(run["objective"], run["beta"]) for run in summary["runs"]][2:] == [
+    assert labels == ["mixture", "paper", "vae", "beta-vae-0.1", "beta-vae-10"]
+    assert [(run["objective"], run["beta"]) for run in summary["runs"]][3:] == [
         ("beta-vae", 0.1),
         ("beta-vae", 10.0),
     ]
     table = (out / "compare.md").read_text()
     for label in ("| mixture |", "| vae |", "| beta-vae (beta=0.1) |", "| beta-vae (beta=10) |"):
         assert label in table
-    assert (out / "compare.html").read_text().count("data:image/png;base64,") == 4 * 4
+    assert "FID" in table and table.count("| prior |") == 5  # sample quality per run
+    # per run: reconstructions, prior samples, Fig. 4, Fig. 5, Fig. 6, latent histograms
+    assert (out / "compare.html").read_text().count("data:image/png;base64,") == 5 * 6
     for label in labels:
         assert (out / label / "report.html").is_file()
         assert (out / "runs" / label / "checkpoints").is_dir()
     assert str(out / "compare.html") in capsys.readouterr().out
     # a second call finds every run finished and only re-evaluates
-    assert compare_main([*argv, "--objectives", "mixture"]) == 0
+    assert compare_main([*argv, "--objectives", "mixture", "--no-sample-quality"]) == 0
     again = json.loads((out / "compare.json").read_text())
     assert [run["label"] for run in again["runs"]] == ["mixture"]
     assert again["runs"][0]["train_seconds"] < 1.0
