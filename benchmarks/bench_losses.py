@@ -32,6 +32,7 @@ Usage::
     python benchmarks/bench_losses.py --threads 2 --dtypes fp32   # CPU grid, 2 threads
     python benchmarks/bench_losses.py --quick                     # one size, fp32 (CI)
     python benchmarks/bench_losses.py --device cuda               # GPU
+    python benchmarks/bench_losses.py --render results/X.json     # the docs' tables from X
 
 Results go to ``benchmarks/results/bench_losses-<device>[-quick]-<timestamp>.json`` with a
 machine description (and the load average before and after). See ``benchmarks/README.md``.
@@ -396,6 +397,39 @@ def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return table
 
 
+def render_markdown(result: dict[str, Any]) -> str:
+    """The tables of docs/benchmarks.md from a results JSON (``--render``)."""
+    lines = [
+        "| device | dtype | (b, d) | plain (µs) | eager (µs) | torch.compile (µs) "
+        "| default (µs) | fused (µs) | default vs plain | fused vs plain |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    median = {
+        (r["device"], r["dtype"], r["b"], r["d"], r["method"]): r["median_us"]
+        for r in result["rows"]
+    }
+    for s in result["speedups"]:
+        key = (s["device"], s["dtype"], s["b"], s["d"])
+        times = " | ".join(f"{median[(*key, m)]:.0f}" for m in METHODS)
+        lines.append(
+            f"| {key[0]} | {key[1]} | ({key[2]}, {key[3]}) | {times} "
+            f"| {s['default_vs_plain']:.2f}x | {s['fused_vs_plain']:.2f}x |"
+        )
+    lines += [
+        "",
+        "| device | setting | import (s) | first forward + backward (s) | second (ms) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for entry in result["first_call"]:
+        setting = entry["MIXELBO_COMPILE"]
+        label = "default" if setting is None else f"`MIXELBO_COMPILE={setting}`, empty cache"
+        lines.append(
+            f"| {entry['device']} | {label} | {entry['import_s']:.2f} "
+            f"| {entry['first_call_s']:.3f} | {entry['second_call_s'] * 1e3:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one size, fp32, short runs (CI)")
@@ -412,7 +446,14 @@ def main(argv: list[str] | None = None) -> int:
         "with --threads 1; with more threads it sums over threads)",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: results/)")
+    parser.add_argument(
+        "--render", type=Path, default=None, metavar="JSON",
+        help="print the Markdown tables of docs/benchmarks.md from a results file and exit",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.render is not None:
+        print(render_markdown(json.loads(args.render.read_text())))
+        return 0
     if args.min_run_time is None:
         args.min_run_time = 0.2 if args.quick else 2.0
     if args.threads is not None:

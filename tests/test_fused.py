@@ -520,3 +520,14 @@ def test_a_failed_op_registration_does_not_break_import() -> None:
     """)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert completed.stdout.strip() == "ok"
+
+
+def test_small_cpu_inputs_get_single_threaded_kernels() -> None:
+    """Below SERIAL_BELOW elements the fused CPU kernels are compiled single-threaded, above it
+    with the process's threads; both agree with the reference."""
+    kernel = _fused._DirectKernel(_fused._forward_kl_i)
+    for rows in (4, _fused.SERIAL_BELOW // 16 + 1):  # 64 and just over SERIAL_BELOW elements
+        logvar = torch.randn(rows, 16, dtype=torch.float64)
+        got = kernel([logvar])
+        torch.testing.assert_close(got, F.individual_variance_kl(logvar, fused=False))
+    assert [serial for serial, *_ in kernel.variants] == [True, False]
