@@ -435,8 +435,13 @@ class _DirectKernel:
                 guard is None or eval(guard, self._interp, {"L": names})
             ):
                 return variant, variant(list(args))
-        guard, shape_env, compiled = self._compile(args, serial)
-        out = compiled(list(args))  # Inductor's wrapper completes its set-up on a first call
+        # Warnings that torch raises inside its own compiler (torch 2.6 warns about its config
+        # while logging the graph) say nothing to the user and would, under -W error, fail the
+        # compile; they are ignored here, and only a failure is reported (by _run).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            guard, shape_env, compiled = self._compile(args, serial)
+            out = compiled(list(args))  # Inductor's wrapper completes its set-up on a first call
         direct = getattr(compiled, "current_callable", None) or compiled
         self.variants.append((serial, guard, shape_env, direct))
         return direct, out
