@@ -119,6 +119,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--objective", default="mixture")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument(
+        "--finished-only", action="store_true",
+        help="train nothing: tabulate the runs of the grid that have finished, list the others",
+    )  # fmt: skip
     parser.add_argument("--no-gan", dest="gan", action="store_false", help="drop the GAN term")
     parser.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -128,6 +132,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     torch.set_num_threads(args.threads)
     settings = parse_settings(args.set)
     rows: list[dict[str, Any]] = []
+    missing: list[str] = []
     for dataset in args.datasets:
         data = {"procedural": None, "mnist": "mnist"}.get(dataset)
         if dataset == "photos":
@@ -140,9 +145,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                               "steps": args.steps, "seed": seed, "run_dir": str(run_dir),
                               "progress": False} | settings),
                 )  # fmt: skip
+                marker = run_dir / "train_seconds.txt"
+                if args.finished_only and not marker.is_file():
+                    missing.append(run_dir.name)
+                    continue
                 start = time.perf_counter()
                 train_once(config)
-                marker = run_dir / "train_seconds.txt"
                 if not marker.is_file():  # measured once, when the run actually trained
                     marker.write_text(f"{time.perf_counter() - start:.1f}\n")
                 row = {
@@ -155,6 +163,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 rows.append(row)
                 print(table([row]).splitlines()[-1], flush=True)
     meta = {
+        "missing": missing,
         "machine": f"{platform.machine()} {platform.processor()}, {os.cpu_count()} cores",
         "torch": torch.__version__,
         "objective": args.objective,
@@ -166,6 +175,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=1))
     collapsed = sum(r["active_units"] < r["latent_dim"] / 2 for r in rows)
     summary = f"{collapsed} of {len(rows)} runs collapsed (< half of the units active)."
+    if missing:
+        summary += f" Not run: {', '.join(missing)}."
     (args.out / "results.md").write_text(f"{json.dumps(meta)}\n\n{table(rows)}\n\n{summary}\n")
     print(summary)
     return rows

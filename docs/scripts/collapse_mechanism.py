@@ -11,19 +11,22 @@ training batch:
 - the norm of each weighted loss term's gradient with respect to mu and to log sigma^2.
 
 At the end it reports active units (Burda et al. 2016, threshold 0.01) and L1 on the test split.
-Set-ups (``--setups``, names below): ``paper`` is ``RegularizedELBO.paper(beta4=0)``;
-``paper-kl-i-per-image`` changes only KL_I's reduction from a sum over the batch (eq. 20 as
-printed) to a mean over the batch; ``paper-no-kl-i`` drops KL_I; ``vae`` is the trainer's
-standard-VAE baseline (eq. 10 KL + 5000 MAE); ``recommended`` is ``RegularizedELBO()``.
+Set-ups (``--setups``, names below, each optionally ``@4x4``: the cpu-32 model with a 4x4
+bottleneck, as it was before issue 10, 64 features into the heads instead of 256): ``paper``
+is ``RegularizedELBO.paper(beta4=0)``; ``paper-kl-i-per-image`` changes only KL_I's reduction
+from a sum over the batch (eq. 20 as printed) to a mean over the batch; ``paper-no-kl-i``
+drops KL_I; ``vae`` is the trainer's standard-VAE baseline (eq. 10 KL + 5000 MAE);
+``recommended`` is ``RegularizedELBO()``.
 
 Run: ``python docs/scripts/collapse_mechanism.py --steps 400`` (writes
-docs/img/collapse-mechanism.png and a JSON of every curve next to it; about 30 s per set-up on
-2 CPU cores).
+docs/img/collapse-mechanism.png and a JSON of every curve next to it; 1 to 2 minutes per set-up
+on 2 shared CPU cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -73,11 +76,19 @@ SETUPS: dict[str, Callable[[], Callable[..., Terms]]] = {
 }
 
 
-def run_setup(name: str, steps: int, seed: int, batch_size: int = 32) -> dict[str, object]:
-    """Train one set-up and return its per-step curves and final test metrics."""
+ARCHITECTURES = {
+    "": MODEL_CONFIGS["cpu-32"],  # 8x8 bottleneck: 256 features into the heads
+    "4x4": dataclasses.replace(MODEL_CONFIGS["cpu-32"], num_stages=3),  # cpu-32 before issue 10
+}
+
+
+def run_setup(spec: str, steps: int, seed: int, batch_size: int = 32) -> dict[str, object]:
+    """Train one set-up (``OBJECTIVE`` or ``OBJECTIVE@4x4``) and return its per-step curves
+    and final test metrics."""
+    name, _, architecture = spec.partition("@")
     torch.manual_seed(seed)
     train_set, test_set = mnist_datasets(32)
-    vae = build_vae(MODEL_CONFIGS["cpu-32"])
+    vae = build_vae(ARCHITECTURES[architecture])
     optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3, betas=(0.5, 0.999))
     objective = SETUPS[name]()
     images = fixed_batch(train_set, len(train_set))
@@ -118,7 +129,7 @@ def run_setup(name: str, steps: int, seed: int, batch_size: int = 32) -> dict[st
         mu, logvar = vae.encode(x)
         l1 = (vae.decode(mu) - x).abs().mean().item()
     return {
-        "setup": name,
+        "setup": spec,
         "curves": curves,
         "test_active_units": int(F.active_units(mu).item()),
         "test_mean_sigma": F.mean_posterior_sigma(logvar).item(),
@@ -173,10 +184,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--setups", nargs="+", default=["paper", "paper-kl-i-per-image", "vae"])
+    parser.add_argument(
+        "--setups",
+        nargs="+",
+        default=["paper@4x4", "paper-kl-i-per-image@4x4", "paper", "recommended", "vae"],
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/img/collapse-mechanism.png"))
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     results = []
     for name in args.setups:
         result = run_setup(name, args.steps, args.seed)
