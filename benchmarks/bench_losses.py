@@ -380,7 +380,7 @@ def print_first_call(entry: dict[str, Any]) -> None:
 
 def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     table = []
-    keys = sorted({(r["device"], r["dtype"], r["b"], r["d"]) for r in rows})
+    keys = dict.fromkeys((r["device"], r["dtype"], r["b"], r["d"]) for r in rows)  # run order
     for key in keys:
         median = {
             r["method"]: r["median_us"]
