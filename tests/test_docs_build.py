@@ -84,7 +84,7 @@ def test_a_broken_reference_fails_the_build(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "module",
     ["mixelbo_reference.config", "mixelbo_reference.evaluate", "mixelbo_reference.compare",
-     "mixelbo_reference.prepare"],
+     "mixelbo_reference.prepare", "mixelbo_reference.study"],
 )  # fmt: skip
 def test_trainer_page_lists_every_command_option(site: Path, module: str) -> None:
     """docs/trainer.md's option tables (docs/scripts/cli_tables.py) cover each parser."""
