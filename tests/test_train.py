@@ -63,9 +63,17 @@ def test_standard_elbo_equals_eq_10_plus_weighted_mae_in_float64() -> None:
 def test_objectives_are_the_configured_modules() -> None:
     build = build_objective
     config = TrainConfig.preset("tiny-32")
-    mixture = build(config, torch.nn.Identity())
+    mixture = build(config, torch.nn.Identity())  # the default: RegularizedELBO.recommended()
     assert isinstance(mixture, mixelbo.RegularizedELBO)
-    assert (mixture.beta1, mixture.beta2, mixture.beta3, mixture.beta4) == (1, 0.5, 1000, 100)
+    assert (mixture.beta1, mixture.beta2, mixture.beta3, mixture.beta4) == (1, 0.1, 5000, 100)
+    assert (mixture.kl_g.variance, mixture.kl_i.reduction) == ("mixture", "batchmean")
+    paper = build(config.replace(objective="paper"), torch.nn.Identity())
+    assert (paper.beta1, paper.beta2, paper.beta3, paper.beta4) == (1, 0.5, 1000, 100)
+    assert (paper.kl_g.variance, paper.kl_i.reduction) == ("sample", "sum")
+    tuned = build(config.replace(beta2=0.5, beta3=2000.0, variance="sample"), None)
+    assert (tuned.beta2, tuned.beta3, tuned.kl_g.variance, tuned.beta4) == (0.5, 2000, "sample", 0)
+    with pytest.raises(ValueError, match="beta1, variance"):
+        TrainConfig(objective="vae", beta1=2.0, variance="means")
     authors = build(config.replace(objective="authors-code"), None)
     assert (authors.beta2, authors.beta3, authors.beta4, authors.adversarial) == (
         0.1,

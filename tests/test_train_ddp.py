@@ -64,14 +64,15 @@ def test_two_process_gloo_ddp_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("objective", "one_rank", "four_ranks"), [("mixture", 0.5, 2.0), ("authors-code", 0.1, 0.1)]
+    ("objective", "one_rank", "four_ranks"),
+    [("paper", 0.5, 2.0), ("authors-code", 0.1, 0.1), ("mixture", 0.1, 0.1)],
 )
 def test_batch_summed_kl_i_is_weighted_by_the_world_size(
     monkeypatch: pytest.MonkeyPatch, objective: str, one_rank: float, four_ranks: float
 ) -> None:
     # Eq. 20 sums over the global batch; each of W ranks sums B / W samples and DDP averages
     # the gradients, so the paper preset's beta2 must be W times larger on every rank. The
-    # authors' per-sample mean ("batchmean") is already averaged and stays as it is.
+    # authors' and the default per-sample mean ("batchmean") is already averaged and stays.
     import mixelbo_reference.objectives as objectives_module
 
     config = TrainConfig.preset("tiny-32", objective=objective, gan=False)
