@@ -28,7 +28,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from mixelbo_reference.evaluate import evaluate, objective_label
+from mixelbo_reference.evaluate import data_label, evaluate, objective_label
 from mixelbo_reference.report import Figure, Heading, Paragraph, Table, write_json, write_report
 
 __all__ = [
@@ -219,7 +219,7 @@ def comparison_blocks(summary: dict[str, Any]) -> list[Any]:
         )
     blocks: list[Any] = [
         Paragraph(
-            f"Model `{first['model']}`, data `{first['data'] or 'embedded procedural dataset'}`, "
+            f"Model `{first['model']}`, data {data_label(first['data'])}, "
             f"{first['steps']} steps per objective (preset `{summary['preset']}`, overrides "
             f"`{summary['overrides']}`), each evaluated on {first['reconstruction']['images']} "
             f"test images; {summary['seconds']} s in all on `{first['device']}`."

@@ -55,6 +55,7 @@ from mixelbo_reference.metrics import (
     psnr,
     ssim,
 )
+from mixelbo_reference.mnist import MNIST_NAME, SPLIT_DESCRIPTION
 from mixelbo_reference.report import (
     Figure,
     Heading,
@@ -529,6 +530,15 @@ def evaluate(
     return metrics
 
 
+def data_label(data: str | None) -> str:
+    """What a report says the data was: the dataset and, for ``mnist``, its fixed split."""
+    if data is None:
+        return "`embedded procedural dataset`"
+    if data == MNIST_NAME:
+        return f"`{data}` ({SPLIT_DESCRIPTION})"
+    return f"`{data}`"
+
+
 def objective_label(metrics: dict[str, Any]) -> str:
     """``mixture``, ``beta-vae (beta=0.5)``, ... plus ``no GAN`` when ablated."""
     label = str(metrics["objective"])
@@ -546,8 +556,7 @@ def report_blocks(metrics: dict[str, Any]) -> list[Any]:
     blocks: list[Any] = [
         Paragraph(
             f"Run `{metrics['source']}`: model `{metrics['model']}`, objective "
-            f"`{objective_label(metrics)}`, data "
-            f"`{metrics['data'] or 'embedded procedural dataset'}`, evaluated on "
+            f"`{objective_label(metrics)}`, data {data_label(metrics['data'])}, evaluated on "
             f"{rec['images']} test images on `{metrics['device']}` in {metrics['seconds']} s."
         ),
         Heading("Reconstruction quality (test split)"),
