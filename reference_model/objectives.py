@@ -51,7 +51,35 @@ class VAETerms(NamedTuple):
     adversarial: Tensor
 
 
-class StandardELBO(nn.Module):
+class _L1AdversarialObjective(nn.Module):
+    """What the baselines share: ``beta3`` x mean L1 and ``beta4`` x the PatchGAN terms."""
+
+    def __init__(self, adversarial: PatchGANLoss | None, beta3: float, beta4: float) -> None:
+        super().__init__()
+        self.beta3 = beta3
+        self.beta4 = beta4 if adversarial is not None else 0.0
+        self.adversarial = adversarial
+
+    def _l1_and_adversarial(
+        self, x: Tensor, x_hat: Tensor, step: int | None
+    ) -> tuple[Tensor, Tensor]:
+        """The unweighted mean L1 and generator term H[1, D(x_hat)] (0 without a critic)."""
+        reconstruction = (x - x_hat).abs().float().mean()
+        adversarial = (
+            self.adversarial.generator_loss(x_hat, step=step)
+            if self.adversarial is not None
+            else reconstruction.new_zeros(())
+        )
+        return reconstruction, adversarial
+
+    def discriminator_loss(self, x: Tensor, x_hat: Tensor, step: int | None = None) -> Tensor:
+        """:math:`\\beta_4` times eq. 23; ``x_hat`` is detached inside."""
+        if self.adversarial is None:
+            raise ValueError("discriminator_loss needs an adversarial term; built with gan=False")
+        return self.beta4 * self.adversarial.discriminator_loss(x, x_hat, step=step)
+
+
+class StandardELBO(_L1AdversarialObjective):
     r"""The VAE / beta-VAE baseline with the authors' weights (eq. 10 KL + 5000 MAE).
 
     .. math::
@@ -76,11 +104,9 @@ class StandardELBO(nn.Module):
         beta3: float = 5000.0,
         beta4: float = 100.0,
     ) -> None:
-        super().__init__()
-        self.beta, self.beta3 = beta, beta3
-        self.beta4 = beta4 if adversarial is not None else 0.0
+        super().__init__(adversarial, beta3, beta4)
+        self.beta = beta
         self.kl = GaussianKL(reduction="batchmean")
-        self.adversarial = adversarial
 
     def forward(
         self,
@@ -93,20 +119,9 @@ class StandardELBO(nn.Module):
     ) -> VAETerms:
         """The loss and its terms; ``z`` is unused by eq. 10, ``step`` drives the GAN warm-up."""
         kl = self.kl(mu, logvar)
-        reconstruction = (x - x_hat).abs().float().mean()
-        adversarial = (
-            self.adversarial.generator_loss(x_hat, step=step)
-            if self.adversarial is not None
-            else reconstruction.new_zeros(())
-        )
+        reconstruction, adversarial = self._l1_and_adversarial(x, x_hat, step)
         total = self.beta * kl + self.beta3 * reconstruction + self.beta4 * adversarial
         return VAETerms(total, kl, reconstruction, adversarial)
-
-    def discriminator_loss(self, x: Tensor, x_hat: Tensor, step: int | None = None) -> Tensor:
-        """:math:`\\beta_4` times eq. 23; ``x_hat`` is detached inside."""
-        if self.adversarial is None:
-            raise ValueError("discriminator_loss needs an adversarial term; built with gan=False")
-        return self.beta4 * self.adversarial.discriminator_loss(x, x_hat, step=step)
 
 
 class WAETerms(NamedTuple):
@@ -163,7 +178,7 @@ def imq_mmd(x: Tensor, y: Tensor, scales: tuple[float, ...] = WAE_SCALES) -> Ten
     return within_x + within_y - 2 * k_xy.mean()
 
 
-class WAEMMD(nn.Module):
+class WAEMMD(_L1AdversarialObjective):
     r"""The WAE-MMD / InfoVAE baseline (Tolstikhin et al. 2018), with the authors' L1 weight.
 
     .. math::
@@ -192,12 +207,10 @@ class WAEMMD(nn.Module):
         beta4: float = 100.0,
         scales: tuple[float, ...] = WAE_SCALES,
     ) -> None:
-        super().__init__()
+        super().__init__(adversarial, beta3, beta4)
         if mmd_weight < 0:
             raise ValueError(f"mmd_weight must be >= 0; got {mmd_weight}")
-        self.mmd_weight, self.beta3, self.scales = mmd_weight, beta3, tuple(scales)
-        self.beta4 = beta4 if adversarial is not None else 0.0
-        self.adversarial = adversarial
+        self.mmd_weight, self.scales = mmd_weight, tuple(scales)
 
     def forward(
         self,
@@ -213,20 +226,9 @@ class WAEMMD(nn.Module):
             raise ValueError("WAEMMD needs the sampled codes z; got z=None")
         codes = z.flatten(1)
         mmd = imq_mmd(codes, torch.randn_like(codes), self.scales)
-        reconstruction = (x - x_hat).abs().float().mean()
-        adversarial = (
-            self.adversarial.generator_loss(x_hat, step=step)
-            if self.adversarial is not None
-            else reconstruction.new_zeros(())
-        )
+        reconstruction, adversarial = self._l1_and_adversarial(x, x_hat, step)
         total = self.mmd_weight * mmd + self.beta3 * reconstruction + self.beta4 * adversarial
         return WAETerms(total, mmd, reconstruction, adversarial)
-
-    def discriminator_loss(self, x: Tensor, x_hat: Tensor, step: int | None = None) -> Tensor:
-        """:math:`\\beta_4` times eq. 23; ``x_hat`` is detached inside."""
-        if self.adversarial is None:
-            raise ValueError("discriminator_loss needs an adversarial term; built with gan=False")
-        return self.beta4 * self.adversarial.discriminator_loss(x, x_hat, step=step)
 
 
 def build_objective(config: TrainConfig, discriminator: nn.Module | None) -> nn.Module:
