@@ -55,17 +55,21 @@ class RegularizedELBO(nn.Module):
     ``disc_weight``; pick it near 1, not the paper's 100); pass
     ``forward(..., last_layer=decoder.<last conv>.weight)``.
 
-    Two presets: :meth:`paper` (eq. 22 with :math:`(\beta_1..\beta_4) = (1, 0.5, 1000, 100)`
-    and the eq. 18 ``"sample"`` variance) and :meth:`authors_code` (the public Keras code's
-    choices). The paper does not say how :math:`\lVert x - \hat x \rVert` is normalised; both
-    presets use the mean absolute error per element, as the public code does.
+    The defaults are :meth:`recommended`: :math:`(\beta_1..\beta_4) = (1, 0.1, 5000, 100)`,
+    KL_I averaged over the batch and the exact ``"mixture"`` variance, the configuration that
+    keeps small models from collapsing to the prior (docs/collapse.md). Two more presets:
+    :meth:`paper` (eq. 22 as printed: :math:`(1, 0.5, 1000, 100)`, KL_I summed over the batch,
+    the eq. 18 ``"sample"`` variance) and :meth:`authors_code` (the public Keras code's
+    choices). The paper does not say how :math:`\lVert x - \hat x \rVert` is normalised; every
+    preset uses the mean absolute error per element, as the public code does.
 
     Args:
         beta1, beta2, beta3, beta4: the weights of eq. 22; ``beta4=0`` drops the adversarial
             term and builds no discriminator.
         variance: aggregate-variance estimator of KL_G (see :class:`~mixelbo.MixtureKL`).
         kl_i_form: ``"paper"`` or ``"kl"`` (see :class:`~mixelbo.IndividualVarianceKL`).
-        kl_i_reduction: reduction of KL_I, ``"sum"`` (eq. 20), ``"batchmean"`` or ``"mean"``.
+        kl_i_reduction: reduction of KL_I, ``"batchmean"`` (per image, the default), ``"sum"``
+            (eq. 20 as printed) or ``"mean"``.
         reconstruction_reduction: ``"mean"`` (per element), ``"batchmean"`` or ``"sum"``.
         adversarial: a :class:`~mixelbo.PatchGANLoss`; ``None`` builds the default one for
             ``in_channels`` when ``beta4 != 0``.
@@ -86,7 +90,7 @@ class RegularizedELBO(nn.Module):
 
     Example:
         >>> import torch
-        >>> elbo = RegularizedELBO.paper()
+        >>> elbo = RegularizedELBO()  # the recommended configuration
         >>> x = torch.rand(4, 3, 32, 32) * 2 - 1
         >>> mu, logvar = torch.randn(4, 16), torch.zeros(4, 16)
         >>> z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
