@@ -274,16 +274,21 @@ def first_call(device: str, threads: int, compile_setting: str | None) -> dict[s
     }  # fmt: skip
 
 
-def check_values(steps: dict[str, Step], dtype: torch.dtype) -> None:
+def check_values(
+    steps: dict[str, Step], dtype: torch.dtype, variance: str, leaves: list[torch.Tensor]
+) -> dict[str, float]:
     """Every method computes the plain expression's value (the benchmark compares like with
-    like); float32 round-off, or bf16 inputs' upcast, separate them."""
+    like); float32 round-off, or bf16 inputs' upcast, separate them. Returns each method's
+    relative error against the plain expression in float64 on the same (rounded) inputs."""
     with torch.no_grad():
         values = {name: step.forward().double() for name, step in steps.items()}
+        exact = plain_expression(variance)(*(leaf.double() for leaf in leaves))
     reference = values["plain"]
     tol = 1e-4 if dtype == torch.float32 else 5e-2
     for name, value in values.items():
         if not torch.allclose(value, reference, rtol=tol, atol=tol):
             raise AssertionError(f"{name} gives {value.item()}, plain gives {reference.item()}")
+    return {name: abs(value.item() / exact.item() - 1.0) for name, value in values.items()}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -312,12 +317,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     if device == "cuda":
                         torch.cuda.synchronize()
                     warmup[method] = time.perf_counter() - start
-                check_values(steps, dtype)
+                errors = check_values(steps, dtype, args.variance, leaves)
                 timings = time_interleaved(steps, device, args.min_run_time, clock)
                 for method, step in steps.items():
                     row: dict[str, Any] = {
                         "device": device, "dtype": dtype_name, "b": b, "d": d,
                         "method": method, "warmup_s": warmup[method], **timings[method],
+                        "relative_error": errors[method],
                     }  # fmt: skip
                     if device == "cuda":
                         row |= cuda_row(step, row["median_us"], b * d * leaves[0].element_size())
@@ -397,13 +403,25 @@ def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return table
 
 
+def _error_pair(plain: float | None, default: float | None) -> str:
+    """Relative errors against float64 (absent in results recorded before they were)."""
+    if plain is None or default is None:
+        return "not recorded"
+    return f"{plain:.1e} / {default:.1e}"
+
+
 def render_markdown(result: dict[str, Any]) -> str:
     """The tables of docs/benchmarks.md from a results JSON (``--render``)."""
     lines = [
         "| device | dtype | (b, d) | plain (µs) | eager (µs) | torch.compile (µs) "
-        "| default (µs) | fused (µs) | default vs plain | fused vs plain |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| default (µs) | fused (µs) | default vs plain | fused vs plain "
+        "| loss error: plain / default |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    error = {
+        (r["device"], r["dtype"], r["b"], r["d"], r["method"]): r.get("relative_error")
+        for r in result["rows"]
+    }
     median = {
         (r["device"], r["dtype"], r["b"], r["d"], r["method"]): r["median_us"]
         for r in result["rows"]
@@ -413,7 +431,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         times = " | ".join(f"{median[(*key, m)]:.0f}" for m in METHODS)
         lines.append(
             f"| {key[0]} | {key[1]} | ({key[2]}, {key[3]}) | {times} "
-            f"| {s['default_vs_plain']:.2f}x | {s['fused_vs_plain']:.2f}x |"
+            f"| {s['default_vs_plain']:.2f}x | {s['fused_vs_plain']:.2f}x "
+            f"| {_error_pair(error[(*key, 'plain')], error[(*key, 'default')])} |"
         )
     lines += [
         "",

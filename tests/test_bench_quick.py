@@ -26,6 +26,7 @@ def test_bench_losses_quick(tmp_path: Path) -> None:
         assert row["device"] == "cpu" and (row["b"], row["d"]) == (64, 512)
         assert 0 < row["min_us"] <= row["median_us"] and row["rounds"] >= 7
         assert row["warmup_s"] > 0
+        assert 0 <= row["relative_error"] < 1e-4  # fp32 against float64 on the same inputs
     machine = result["machine"]
     assert machine["cpu_count"] and machine["torch"] == __import__("torch").__version__
     assert machine["cpu_model"] and machine["load_average_before"] is not None

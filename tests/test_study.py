@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
 
+from mixelbo import RegularizedELBO
 from mixelbo_reference import compare, study
 from mixelbo_reference.study import FAMILIES, _best, _summary, main, sweep_points
 from mixelbo_reference.train import NonFiniteLossError
@@ -42,7 +45,9 @@ def test_study_runs_end_to_end_and_skips_finished_work(
     markdown = (tmp_path / "study.md").read_text()
     assert "![procedural: test L1 vs prior-sample FID](procedural_frontier.png)" in markdown
     assert "| family | point | GAN | seeds | val. FID | test L1 | test FID |" in markdown
-    assert "| wae-mmd | wae-mmd-10 | no | 1 |" in markdown
+    for weight in (10, 100, 1000):  # each point's row; the chosen one is marked
+        label = f"wae-mmd-{weight}" + (" (chosen)" if chosen == f"wae-mmd-{weight}" else "")
+        assert f"| wae-mmd | {label} | no | 1 |" in markdown
     assert "(procedural_precision_recall.png)" in markdown
     assert "(procedural_samples.png)" in markdown
     assert (tmp_path / "procedural_frontier.png").stat().st_size > 1000
@@ -60,8 +65,13 @@ def test_study_runs_end_to_end_and_skips_finished_work(
     assert again["train_seconds_this_call"] == again["score_seconds_this_call"] == 0
     assert again["seconds_total"] >= summary["seconds_total"]
     assert again["datasets"]["procedural"]["points"] == result["points"]
-    with pytest.raises(ValueError, match=r"holds a study of budget 'smoke'; got budget 'large'"):
+    with pytest.raises(ValueError, match=r"holds a study of budget 'smoke' .*got budget 'large'"):
         study.study(tmp_path, budget="large", datasets=["procedural"], progress=False)
+    # the same budget name with another plan (a budget whose settings changed) is refused too
+    smoke = study.BUDGETS["smoke"]
+    monkeypatch.setitem(study.BUDGETS, "smoke", dataclasses.replace(smoke, steps=3))
+    with pytest.raises(ValueError, match=r"'smoke' with plan .*'steps': 2.*'steps': 3"):
+        study.study(tmp_path, budget="smoke", datasets=["procedural"], progress=False)
 
 
 def _score(fid: float, l1: float, active: int) -> dict:
@@ -130,13 +140,15 @@ def test_sweep_covers_the_issue(tmp_path: Path) -> None:
         "paper",
         "authors-code",
         "mixture-sample",
-        "mixture-means",
         "mixture-mixture",
         "wae-mmd-10",
         "wae-mmd-1000",
     }
     assert {p.family for p in points} == set(FAMILIES)
     assert not any(p.gan for p in points)
+    # the "means" estimator: authors-code is the recommended objective with it
+    authors_code = repr(RegularizedELBO.authors_code())
+    assert authors_code == repr(RegularizedELBO(variance="means")) != repr(RegularizedELBO())
     for point in [*points, *(p.with_gan() for p in points)]:  # every run is a valid config
         for dataset in ("mnist", "procedural"):
             config = study._config(dataset, study.BUDGETS["default"], point, 1, tmp_path)
@@ -161,3 +173,25 @@ def test_study_rejects_bad_arguments(tmp_path: Path, options: dict, match: str) 
 def test_cli_rejects_bad_threads(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["--out", str(tmp_path), "--threads", "0"]) == 2
     assert "--threads must be >= 1; got 0" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path), "--jobs", "0"]) == 2
+    assert "--jobs must be >= 1; got 0" in capsys.readouterr().err
+
+
+def test_cli_jobs_train_the_datasets_in_parallel_workers(tmp_path: Path) -> None:
+    """``--jobs 2``: one worker process per dataset, then one report over both."""
+    out = tmp_path / "study"
+    argv = ["--out", str(out), "--budget", "smoke", "--families", "wae-mmd", "--no-progress"]
+    started = time.perf_counter()
+    assert main([*argv, "--jobs", "2", "--threads", "2"]) == 0
+    wall = time.perf_counter() - started
+    summary = json.loads((out / "study.json").read_text())
+    assert set(summary["datasets"]) == {"mnist", "procedural"}
+    assert (summary["jobs"], summary["threads"]) == (2, 1)
+    for dataset in ("mnist", "procedural"):  # each trained by its own worker, logged apart
+        assert "world size 1" in (out / f"{dataset}.log").read_text()
+        assert len(list((out / dataset / "scores").glob("*.json"))) == 4  # 3 points + 1 GAN
+    # the merging call trained nothing itself; the workers' wall time counts in the total
+    assert summary["train_seconds_this_call"] == 0
+    assert 0.5 * wall <= summary["seconds_total"] <= wall
+    (out / "budget.json").write_text('{"budget": "smoke", "plan": {}}')
+    assert main([*argv, "--jobs", "2"]) == 2  # the parent refuses the folder before any worker
