@@ -192,6 +192,6 @@ def test_cli_jobs_train_the_datasets_in_parallel_workers(tmp_path: Path) -> None
         assert len(list((out / dataset / "scores").glob("*.json"))) == 4  # 3 points + 1 GAN
     # the merging call trained nothing itself; the workers' wall time counts in the total
     assert summary["train_seconds_this_call"] == 0
-    assert 0.5 * wall <= summary["seconds_total"] <= wall
+    assert 0.5 * wall <= summary["seconds_total"] <= wall + 0.05  # rounded to 0.1 s
     (out / "budget.json").write_text('{"budget": "smoke", "plan": {}}')
     assert main([*argv, "--jobs", "2"]) == 2  # the parent refuses the folder before any worker
