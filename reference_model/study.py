@@ -513,10 +513,11 @@ def study(
             "chosen": {family: chosen[family]["label"] for family in families},
             "points": summaries,
         }
-        _figures(root, dataset, summaries)
-        results[dataset]["samples_figure"] = _sample_grid(
-            root, dataset, [*(by_label[chosen[f]["label"]] for f in families), *with_gan], plan
-        )
+        if report:  # the figures (a worker of --jobs leaves them to the merging call)
+            _figures(root, dataset, summaries)
+            results[dataset]["samples_figure"] = _sample_grid(
+                root, dataset, [*(by_label[chosen[f]["label"]] for f in families), *with_gan], plan
+            )
     seconds = time.perf_counter() - started + elapsed
     previous = _read_json(root / "study.json") if report else None
     total = seconds + (previous["seconds_total"] if previous else 0.0)

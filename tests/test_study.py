@@ -195,3 +195,15 @@ def test_cli_jobs_train_the_datasets_in_parallel_workers(tmp_path: Path) -> None
     assert 0.5 * wall <= summary["seconds_total"] <= wall + 0.05  # rounded to 0.1 s
     (out / "budget.json").write_text('{"budget": "smoke", "plan": {}}')
     assert main([*argv, "--jobs", "2"]) == 2  # the parent refuses the folder before any worker
+
+
+def test_cli_jobs_report_a_failed_worker(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that exits with an error stops the command, naming the worker's log."""
+    monkeypatch.setattr(study.sys, "executable", "false")  # every worker exits 1 at once
+    argv = ["--out", str(tmp_path), "--budget", "smoke", "--no-progress", "--jobs", "2"]
+    assert main(argv) == 1
+    error = capsys.readouterr().err
+    assert "worker failed (exit 1); see" in error and ".log" in error
+    assert not (tmp_path / "study.json").exists()
