@@ -293,7 +293,7 @@ def check_values(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch._dynamo.config.cache_size_limit = 64  # static-shape baseline: one graph per case
-    sizes = QUICK_SIZES if args.quick else SIZES
+    sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)
     dtypes = ["fp32"] if args.quick else args.dtypes
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if args.device != "all":
@@ -449,11 +449,26 @@ def render_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _size(text: str) -> tuple[int, int]:
+    """``B,D`` as ``(B, D)``, both >= 2 (the moments need two samples)."""
+    try:
+        b, d = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected B,D (two integers); got {text!r}") from None
+    if b < 2 or d < 1:
+        raise argparse.ArgumentTypeError(f"expected B >= 2 and D >= 1; got {text!r}")
+    return b, d
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one size, fp32, short runs (CI)")
     parser.add_argument("--device", choices=("all", "cpu", "cuda"), default="all")
     parser.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=list(DTYPES))
+    parser.add_argument(
+        "--sizes", nargs="+", type=_size, default=None, metavar="B,D",
+        help=f"(batch, dims) cases (default: {' '.join(f'{b},{d}' for b, d in SIZES)})",
+    )  # fmt: skip
     parser.add_argument("--variance", choices=F.VARIANCES, default="sample")
     parser.add_argument(
         "--min-run-time", type=float, default=None, help="seconds per method and case"

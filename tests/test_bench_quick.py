@@ -36,3 +36,12 @@ def test_bench_losses_quick(tmp_path: Path) -> None:
     assert first["MIXELBO_COMPILE"] is None and first["first_call_s"] > 0
     assert first["inductor_loaded"] is False
     assert result["settings"]["quick"] is True
+
+
+def test_bench_losses_rejects_a_bad_size() -> None:
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_losses.py"), "--sizes", "1,4"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 2
+    assert "expected B >= 2 and D >= 1; got '1,4'" in completed.stderr
