@@ -541,13 +541,13 @@ def study(
     return summary
 
 
-def _run_workers(args: argparse.Namespace) -> float:
-    """One ``mixelbo-study`` process per dataset, ``args.jobs`` at a time, each with
-    ``args.threads // args.jobs`` torch threads and its log in ``OUT/DATASET.log``; a progress
+def _run_workers(args: argparse.Namespace, jobs: int) -> float:
+    """One ``mixelbo-study`` process per dataset, ``jobs`` at a time, each with
+    ``args.threads // jobs`` torch threads and its log in ``OUT/DATASET.log``; a progress
     bar over the finished scores. The wall seconds they took."""
     import subprocess
 
-    threads = max(1, args.threads // args.jobs)
+    threads = max(1, args.threads // jobs)
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
     per_dataset = len(BUDGETS[args.budget].seeds) * (
@@ -561,7 +561,7 @@ def _run_workers(args: argparse.Namespace) -> float:
     )  # fmt: skip
     try:
         while pending or running:
-            while pending and len(running) < args.jobs:
+            while pending and len(running) < jobs:
                 dataset = pending.pop(0)
                 command = [
                     sys.executable, "-m", "mixelbo_reference.study", "--out", args.out,
@@ -825,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = 0.0
         if jobs > 1:
             _validate(Path(args.out), args.budget, args.datasets, args.families)
-            elapsed = _run_workers(argparse.Namespace(**vars(args) | {"jobs": jobs}))
+            elapsed = _run_workers(args, jobs)
         summary = study(
             args.out,
             budget=args.budget,
