@@ -178,8 +178,9 @@ class Step:
 def time_interleaved(
     steps: dict[str, Step], device: str, min_run_time: float, clock: Callable[[], float]
 ) -> dict[str, dict[str, float]]:
-    """Median, IQR and minimum per step of every method, over rounds that run each method's
-    block of steps one after the other."""
+    """Median, IQR and minimum per step of every method (and the per-round times), over
+    rounds that run each method's block of steps one after the other, the order rotated by
+    one method each round so that no method always follows the same one."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     number = {}
     for name, step in steps.items():  # a block of about 10 ms per method
@@ -191,8 +192,10 @@ def time_interleaved(
     times: dict[str, list[float]] = {name: [] for name in steps}
     started = time.perf_counter()
     rounds = 0
+    names = list(steps)
     while rounds < 7 or time.perf_counter() - started < min_run_time * len(steps):
-        for name, step in steps.items():
+        for name in names[rounds % len(names) :] + names[: rounds % len(names)]:
+            step = steps[name]
             sync()
             start = clock()
             for _ in range(number[name]):
@@ -209,6 +212,7 @@ def time_interleaved(
             "min_us": min(samples) * 1e6,
             "rounds": len(samples),
             "number_per_round": number[name],
+            "round_us": [sample * 1e6 for sample in samples],
         }
     return stats
 
@@ -384,21 +388,28 @@ def print_first_call(entry: dict[str, Any]) -> None:
     )
 
 
+def _paired_ratio(slow: dict[str, Any], fast: dict[str, Any]) -> float:
+    """Median over rounds of ``slow``'s time over ``fast``'s in the same round (their blocks
+    ran back to back); the ratio of the medians for results recorded before rounds were kept."""
+    if "round_us" not in slow:
+        return float(slow["median_us"] / fast["median_us"])
+    pairs = zip(slow["round_us"], fast["round_us"], strict=True)
+    return statistics.median(a / b for a, b in pairs)
+
+
 def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per case, each speed-up as :func:`_paired_ratio`: a change in the machine's speed
+    between rounds cancels out."""
     table = []
     keys = dict.fromkeys((r["device"], r["dtype"], r["b"], r["d"]) for r in rows)  # run order
     for key in keys:
-        median = {
-            r["method"]: r["median_us"]
-            for r in rows
-            if (r["device"], r["dtype"], r["b"], r["d"]) == key
-        }
+        case = {r["method"]: r for r in rows if (r["device"], r["dtype"], r["b"], r["d"]) == key}
         table.append({
             "device": key[0], "dtype": key[1], "b": key[2], "d": key[3],
-            "default_vs_plain": median["plain"] / median["default"],
-            "fused_vs_plain": median["plain"] / median["fused"],
-            "fused_vs_eager": median["eager"] / median["fused"],
-            "fused_vs_compiled": median["compiled"] / median["fused"],
+            "default_vs_plain": _paired_ratio(case["plain"], case["default"]),
+            "fused_vs_plain": _paired_ratio(case["plain"], case["fused"]),
+            "fused_vs_eager": _paired_ratio(case["eager"], case["fused"]),
+            "fused_vs_compiled": _paired_ratio(case["compiled"], case["fused"]),
         })  # fmt: skip
     return table
 
@@ -509,7 +520,10 @@ def main(argv: list[str] | None = None) -> int:
         "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "total_s": time.perf_counter() - started,
     }  # fmt: skip
-    print("\nspeed-up (median time ratio) against the plain expression, and of the fused path:")
+    print(
+        "\nspeed-up (median over rounds of the same-round time ratio) against the plain "
+        "expression, and of the fused path:"
+    )
     for s in result["speedups"]:
         print(
             f"  {s['device']:4s} {s['dtype']:4s} {s['b']:5d} x {s['d']:6d}"

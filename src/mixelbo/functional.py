@@ -144,6 +144,21 @@ def _moments(
     return mean, mean_individual_variance + spread_of_means
 
 
+_ACCUMULATION_DTYPES = (torch.float32, torch.float64)
+
+
+def _is_matrix(tensor: object) -> bool:
+    """A plain ``(samples, dims)`` tensor in an accumulation dtype: what :func:`as_samples`
+    returns unchanged for ``pattern=None``."""
+    return type(tensor) is Tensor and tensor.ndim == 2 and tensor.dtype in _ACCUMULATION_DTYPES
+
+
+def _matches(tensor: object, ref: Tensor) -> bool:
+    """A plain tensor of ``ref``'s shape and dtype (which the checks of ``ref``'s shape and
+    of floating dtypes pass)."""
+    return type(tensor) is Tensor and tensor.shape == ref.shape and tensor.dtype == ref.dtype
+
+
 def _moment_samples(
     mu: Tensor, logvar: Tensor | None, z: Tensor | None, variance: str, pattern: str | None
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -151,6 +166,16 @@ def _moment_samples(
     matrices in the accumulation dtype: ``(mu, logvar or None, z or None)``, where ``logvar``
     is returned for ``"mixture"`` and ``z`` for ``"sample"``. Shared by the eager and fused
     paths so both raise the same errors."""
+    # the common case, checked in a few attribute reads: the checks below pass and return
+    # the inputs as they are
+    common = pattern is None and _is_matrix(mu) and mu.shape[0] >= 2 and variance in VARIANCES
+    if common and (logvar is None or _matches(logvar, mu)) and (z is None or _matches(z, mu)):
+        if variance == "sample" and z is not None:
+            return mu, None, z
+        if variance == "means":
+            return mu, None, None
+        if variance == "mixture" and logvar is not None:
+            return mu, logvar, None
     check_option("variance", variance, VARIANCES)
     mu_s = as_samples("mu", mu, pattern)
     check_min_samples("mu", mu_s)
@@ -216,11 +241,14 @@ def mixture_kl(
         >>> mixture_kl(mu, torch.full((2, 1), -30.0), variance="mixture")  # N(0, 1): zero
         tensor(0.)
     """
-    check_option("reduction", reduction, DIM_REDUCTIONS)
+    if reduction not in DIM_REDUCTIONS:
+        check_option("reduction", reduction, DIM_REDUCTIONS)
     mu_s, logvar_s, z_s = _moment_samples(mu, logvar, z, variance, pattern)
-    if fused is not False and _fused.closed_form_available():
-        kernels = _fused.use_fused_kernels(fused, mu_s.device)
-        per_dim, total = _fused.mixture_kl_per_dim(mu_s, logvar_s, z_s, variance, kernels)
+    closed_form = None
+    if fused is not False:
+        closed_form = _fused.mixture_kl_per_dim(mu_s, logvar_s, z_s, variance, fused)
+    if closed_form is not None:
+        per_dim, total = closed_form
         if reduction == "sum":
             return total
         return per_dim if reduction == "none" else total / per_dim.shape[0]
@@ -271,15 +299,21 @@ def individual_variance_kl(
         >>> individual_variance_kl(torch.zeros(4, 3))
         tensor(0.)
     """
-    check_option("form", form, ("paper", "kl"))
-    check_option("reduction", reduction, ELEMENT_REDUCTIONS)
-    logvar_s = as_samples("logvar", logvar, pattern)
+    if form not in ("paper", "kl"):
+        check_option("form", form, ("paper", "kl"))
+    if reduction not in ELEMENT_REDUCTIONS:
+        check_option("reduction", reduction, ELEMENT_REDUCTIONS)
+    plain = pattern is None and _is_matrix(logvar)  # as_samples would return it unchanged
+    logvar_s = logvar if plain else as_samples("logvar", logvar, pattern)
     scale = 0.5 if form == "kl" else 1.0
-    if reduction != "none" and fused is not False and _fused.closed_form_available():
-        kernels = _fused.use_fused_kernels(fused, logvar_s.device)
-        total = _fused.individual_variance_kl_sum(logvar_s, kernels)
-        divisor = {"sum": 1, "batchmean": logvar_s.shape[0], "mean": logvar_s.numel()}[reduction]
-        return total if scale == 1.0 and divisor == 1 else total * (scale / divisor)
+    total = None
+    if reduction != "none" and fused is not False:
+        total = _fused.individual_variance_kl_sum(logvar_s, fused)
+    if total is not None:
+        if reduction == "sum":
+            return total if scale == 1.0 else total * scale
+        divisor = logvar_s.shape[0] if reduction == "batchmean" else logvar_s.numel()
+        return total * (scale / divisor)
     elements = scale * (torch.expm1(logvar_s) - logvar_s)  # eq. 20: sigma^2 - 1 - log sigma^2
     return _reduce_elements(elements, reduction)
 
