@@ -533,3 +533,61 @@ def test_small_cpu_inputs_get_single_threaded_kernels() -> None:
         got = kernel([logvar])
         torch.testing.assert_close(got, F.individual_variance_kl(logvar, fused=False))
     assert [serial for serial, *_ in kernel.variants] == [True, False]
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_closed_form_backward_is_first_order_only(path: str) -> None:
+    """With ``create_graph=True`` the first-order gradients are still the closed form (equal
+    to the reference's), and differentiating them again raises instead of silently giving
+    the derivative of the formula's ops (its statistics are constants to autograd)."""
+    mu, logvar, z = _leaves((16, 5), torch.float64, 11)
+    loss = F.mixture_kl(mu, logvar, z, fused=PATHS[path]) + F.individual_variance_kl(
+        logvar, fused=PATHS[path]
+    )
+    grads = torch.autograd.grad(loss, (mu, logvar, z), create_graph=True)
+    reference = F.mixture_kl(mu, logvar, z, fused=False) + F.individual_variance_kl(
+        logvar, fused=False
+    )
+    for got, want in zip(grads, torch.autograd.grad(reference, (mu, logvar, z)), strict=True):
+        _assert_close(got.detach(), want, 1e-10)
+    # once_differentiable's error, or (where nothing upstream required grad) autograd's
+    with pytest.raises(RuntimeError, match=r"once_differentiable|does not require grad"):
+        torch.autograd.grad(grads[0].sum() + grads[2].sum(), (mu, z))
+
+
+def test_default_cpu_kl_i_error_is_that_of_exp_minus_one() -> None:
+    """The default CPU kernels form float32 KL_I as ``exp(x) - 1 - x`` (``torch.expm1`` is
+    slow there): each element is off by at most about one float32 ulp of ``max(e^x, 1)``
+    (the rounding of exp, the rest exact or half an ulp), so against float64 the sum is
+    within ``2^-22 * sum(max(e^x, 1))``; near sigma = 1 that is what the plain expression
+    loses too, and the fused kernels (Taylor branch) stay exact there."""
+    generator = torch.Generator().manual_seed(3)
+    scales = torch.logspace(-6, 0.5, 4096, dtype=torch.float64)
+    logvar = (torch.randn(4096, generator=generator, dtype=torch.float64) * scales).float()
+    x = logvar.double()
+    for rows in (logvar.reshape(64, 64), logvar[:512].reshape(8, 64) * 1e-3):
+        x = rows.double()
+        oracle = (torch.expm1(x) - x).sum()
+        bound = 2.0**-22 * torch.maximum(x.exp(), torch.ones_like(x)).sum()
+        got = F.individual_variance_kl(rows).double()
+        assert abs(got - oracle) <= bound, (got, oracle, bound)
+        grad_rows = rows.clone().requires_grad_()
+        F.individual_variance_kl(grad_rows).backward()
+        assert grad_rows.grad is not None
+        grad_error = (grad_rows.grad.double() - torch.expm1(x)).abs()
+        assert (grad_error <= 2.0**-22 * torch.maximum(x.exp(), torch.ones_like(x))).all()
+
+
+def test_fused_kl_i_recomputes_its_gradient_above_the_cache_size() -> None:
+    """From SERIAL_BELOW elements up the fused KL_I backward recomputes sigma^2 - 1 (its
+    own kernel) instead of keeping it; both sides of the switch match float64 expm1."""
+    generator = torch.Generator().manual_seed(7)
+    for rows in (_fused.SERIAL_BELOW // 64 - 1, _fused.SERIAL_BELOW // 64):
+        base = torch.randn(rows, 64, generator=generator, dtype=torch.float64)
+        logvar = base.float().requires_grad_()
+        value = F.individual_variance_kl(logvar, fused=True)
+        value.backward()
+        x = logvar.detach().double()
+        torch.testing.assert_close(value.double(), (torch.expm1(x) - x).sum(), rtol=1e-5, atol=0)
+        assert logvar.grad is not None
+        torch.testing.assert_close(logvar.grad.double(), torch.expm1(x), rtol=1e-6, atol=1e-7)

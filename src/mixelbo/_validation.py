@@ -48,8 +48,9 @@ def accumulation_dtype(tensor: Tensor) -> torch.dtype:
     return torch.float64 if tensor.dtype == torch.float64 else torch.float32
 
 
-def as_samples(name: str, tensor: Tensor, pattern: str | None) -> Tensor:
-    """View a latent tensor as a ``(samples, dims)`` matrix in the accumulation dtype.
+def as_samples(name: str, tensor: Tensor, pattern: str | None, upcast: bool = True) -> Tensor:
+    """View a latent tensor as a ``(samples, dims)`` matrix in the accumulation dtype (in its
+    own dtype with ``upcast=False``, for kernels that accumulate in float32 themselves).
 
     Without ``pattern`` the first axis is the batch and all others are latent dimensions
     (``(b, ...) -> (b, prod(...))``); with ``pattern`` the einops expression decides, e.g.
@@ -78,7 +79,7 @@ def as_samples(name: str, tensor: Tensor, pattern: str | None) -> Tensor:
                 f"pattern must map {name} to (samples, dims); {pattern!r} gives shape "
                 f"{tuple(tensor.shape)}"
             )
-    if tensor.dtype in (torch.float64, torch.float32):
+    if not upcast or tensor.dtype in (torch.float64, torch.float32):
         return tensor
     return tensor.float()
 

@@ -145,12 +145,14 @@ def _moments(
 
 
 _ACCUMULATION_DTYPES = (torch.float32, torch.float64)
+_FLOATING_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
-def _is_matrix(tensor: object) -> bool:
-    """A plain ``(samples, dims)`` tensor in an accumulation dtype: what :func:`as_samples`
-    returns unchanged for ``pattern=None``."""
-    return type(tensor) is Tensor and tensor.ndim == 2 and tensor.dtype in _ACCUMULATION_DTYPES
+def _is_matrix(tensor: object, upcast: bool = True) -> bool:
+    """A plain ``(samples, dims)`` tensor that :func:`as_samples` returns unchanged for
+    ``pattern=None``: in an accumulation dtype, or any floating one without ``upcast``."""
+    dtypes = _ACCUMULATION_DTYPES if upcast else _FLOATING_DTYPES
+    return type(tensor) is Tensor and tensor.ndim == 2 and tensor.dtype in dtypes
 
 
 def _matches(tensor: object, ref: Tensor) -> bool:
@@ -160,15 +162,22 @@ def _matches(tensor: object, ref: Tensor) -> bool:
 
 
 def _moment_samples(
-    mu: Tensor, logvar: Tensor | None, z: Tensor | None, variance: str, pattern: str | None
+    mu: Tensor,
+    logvar: Tensor | None,
+    z: Tensor | None,
+    variance: str,
+    pattern: str | None,
+    upcast: bool = True,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Validate the inputs of :func:`batch_moments` and view them as ``(samples, dims)``
     matrices in the accumulation dtype: ``(mu, logvar or None, z or None)``, where ``logvar``
     is returned for ``"mixture"`` and ``z`` for ``"sample"``. Shared by the eager and fused
-    paths so both raise the same errors."""
+    paths so both raise the same errors. ``upcast=False`` keeps float16/bfloat16 as they are
+    (the closed-form kernels of :mod:`mixelbo._fused` accumulate in float32 themselves)."""
     # the common case, checked in a few attribute reads: the checks below pass and return
     # the inputs as they are
-    common = pattern is None and _is_matrix(mu) and mu.shape[0] >= 2 and variance in VARIANCES
+    common = pattern is None and _is_matrix(mu, upcast) and mu.shape[0] >= 2
+    common = common and variance in VARIANCES
     if common and (logvar is None or _matches(logvar, mu)) and (z is None or _matches(z, mu)):
         if variance == "sample" and z is not None:
             return mu, None, z
@@ -177,7 +186,7 @@ def _moment_samples(
         if variance == "mixture" and logvar is not None:
             return mu, logvar, None
     check_option("variance", variance, VARIANCES)
-    mu_s = as_samples("mu", mu, pattern)
+    mu_s = as_samples("mu", mu, pattern, upcast)
     check_min_samples("mu", mu_s)
     if logvar is not None:  # validated even where the estimator ignores it
         check_floating("logvar", logvar)
@@ -187,12 +196,12 @@ def _moment_samples(
             raise ValueError('variance="sample" (eq. 18) needs the sampled latents z; got z=None')
         check_floating("z", z)
         check_same_shape("z", z, "mu", mu)
-        return mu_s, None, as_samples("z", z, pattern)
+        return mu_s, None, as_samples("z", z, pattern, upcast)
     if variance == "means":
         return mu_s, None, None
     if logvar is None:
         raise ValueError('variance="mixture" needs logvar; got logvar=None')
-    return mu_s, as_samples("logvar", logvar, pattern), None
+    return mu_s, as_samples("logvar", logvar, pattern, upcast), None
 
 
 def mixture_kl(
@@ -243,7 +252,9 @@ def mixture_kl(
     """
     if reduction not in DIM_REDUCTIONS:
         check_option("reduction", reduction, DIM_REDUCTIONS)
-    mu_s, logvar_s, z_s = _moment_samples(mu, logvar, z, variance, pattern)
+    # the closed form (eager mode) takes half precisions as they are, the reference float32
+    upcast = fused is False or torch.compiler.is_compiling()
+    mu_s, logvar_s, z_s = _moment_samples(mu, logvar, z, variance, pattern, upcast)
     closed_form = None
     if fused is not False:
         closed_form = _fused.mixture_kl_per_dim(mu_s, logvar_s, z_s, variance, fused)
@@ -274,7 +285,10 @@ def individual_variance_kl(
     Each element is :math:`c\,(\sigma^2 - 1 - \log\sigma^2)` with :math:`c = 1` for
     ``form="paper"`` (eq. 20 as printed) and :math:`c = 1/2` for ``form="kl"``, the true
     :math:`\mathrm{KL}(\mathcal N(\mu, \sigma^2) \| \mathcal N(\mu, 1))`. It does not depend on
-    :math:`\mu`. Evaluated as ``expm1(logvar) - logvar``, exact near :math:`\sigma = 1`.
+    :math:`\mu`. This reference expression forms ``expm1(logvar) - logvar``; the fused kernels
+    keep full float32 precision near :math:`\sigma = 1` (a Taylor branch), and the default CPU
+    kernels form ``exp(logvar) - 1 - logvar`` as the plain expression does (``torch.expm1`` is
+    10-18x slower than ``exp`` there), about 1e-7 absolute per element (docs/equations.md).
 
     Args:
         logvar: posterior log-variances, ``(N, ...)``.
@@ -303,8 +317,9 @@ def individual_variance_kl(
         check_option("form", form, ("paper", "kl"))
     if reduction not in ELEMENT_REDUCTIONS:
         check_option("reduction", reduction, ELEMENT_REDUCTIONS)
-    plain = pattern is None and _is_matrix(logvar)  # as_samples would return it unchanged
-    logvar_s = logvar if plain else as_samples("logvar", logvar, pattern)
+    upcast = reduction == "none" or fused is False or torch.compiler.is_compiling()
+    plain = pattern is None and _is_matrix(logvar, upcast)  # as as_samples would return it
+    logvar_s = logvar if plain else as_samples("logvar", logvar, pattern, upcast)
     scale = 0.5 if form == "kl" else 1.0
     total = None
     if reduction != "none" and fused is not False:
