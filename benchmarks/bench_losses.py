@@ -390,9 +390,7 @@ def print_first_call(entry: dict[str, Any]) -> None:
 
 def _paired_ratio(slow: dict[str, Any], fast: dict[str, Any]) -> float:
     """Median over rounds of ``slow``'s time over ``fast``'s in the same round (their blocks
-    ran back to back); the ratio of the medians for results recorded before rounds were kept."""
-    if "round_us" not in slow:
-        return float(slow["median_us"] / fast["median_us"])
+    ran back to back)."""
     pairs = zip(slow["round_us"], fast["round_us"], strict=True)
     return statistics.median(a / b for a, b in pairs)
 

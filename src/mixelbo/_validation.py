@@ -13,7 +13,9 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-_FLOATING = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+FLOATING_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+# the dtypes reductions run in, which :func:`as_samples` returns unchanged
+ACCUMULATION_DTYPES = (torch.float64, torch.float32)
 
 
 def check_option(name: str, value: object, allowed: Collection[object]) -> None:
@@ -27,7 +29,7 @@ def check_floating(name: str, tensor: object) -> None:
     """Raise ``ValueError`` unless ``tensor`` is a tensor of a supported floating dtype."""
     if not isinstance(tensor, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor; got {type(tensor).__name__}")
-    if tensor.dtype not in _FLOATING:
+    if tensor.dtype not in FLOATING_DTYPES:
         raise ValueError(
             f"{name} must be float64, float32, bfloat16 or float16; got {tensor.dtype} "
             f"with shape {tuple(tensor.shape)}"
@@ -79,7 +81,7 @@ def as_samples(name: str, tensor: Tensor, pattern: str | None, upcast: bool = Tr
                 f"pattern must map {name} to (samples, dims); {pattern!r} gives shape "
                 f"{tuple(tensor.shape)}"
             )
-    if not upcast or tensor.dtype in (torch.float64, torch.float32):
+    if not upcast or tensor.dtype in ACCUMULATION_DTYPES:
         return tensor
     return tensor.float()
 

@@ -24,6 +24,8 @@ from torch import Tensor
 
 from mixelbo import _fused
 from mixelbo._validation import (
+    ACCUMULATION_DTYPES,
+    FLOATING_DTYPES,
     accumulation_dtype,
     as_samples,
     check_floating,
@@ -144,14 +146,10 @@ def _moments(
     return mean, mean_individual_variance + spread_of_means
 
 
-_ACCUMULATION_DTYPES = (torch.float32, torch.float64)
-_FLOATING_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-
-
 def _is_matrix(tensor: object, upcast: bool = True) -> bool:
     """A plain ``(samples, dims)`` tensor that :func:`as_samples` returns unchanged for
     ``pattern=None``: in an accumulation dtype, or any floating one without ``upcast``."""
-    dtypes = _ACCUMULATION_DTYPES if upcast else _FLOATING_DTYPES
+    dtypes = ACCUMULATION_DTYPES if upcast else FLOATING_DTYPES
     return type(tensor) is Tensor and tensor.ndim == 2 and tensor.dtype in dtypes
 
 
