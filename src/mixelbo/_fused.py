@@ -124,7 +124,8 @@ _compiled: dict[tuple[str, torch.dtype, str], _DirectKernel] = {}
 # when the cores are shared (a descheduled OpenMP thread stalls every barrier).
 SERIAL_BELOW = 1 << 17
 # KL_I's kernels (exp and a Taylor branch per element) are compute-bound: two threads pay from
-# about 16k elements (measured at (64, 512): 1.86x -> 1.95-2.05x of the plain expression).
+# about 16k elements (short A/B runs at (64, 512) on the project's 2-core VM: fused 1.86x ->
+# 1.95-2.05x of the plain expression).
 SERIAL_BELOW_KL_I = 1 << 14
 _compile_failed = False
 # MIXELBO_COMPILE as last read in eager mode: code traced by torch.compile reads this global
@@ -395,7 +396,7 @@ def _eager_backward_sample(g: Tensor, mu: Tensor, z: Tensor, stats: Stats) -> tu
 def _eager_kl_i_terms(logvar: Tensor) -> tuple[Tensor, Tensor]:
     """``(sigma^2 - 1 - logvar, sigma^2 - 1)`` elementwise, the eager kernels' eq. 20 and its
     gradient. On CPU, float32 forms ``exp(logvar) - 1`` (as the plain expression does):
-    ``torch.expm1`` there is 10-18x slower than ``torch.exp`` and would dominate the step. That
+    ``torch.expm1`` there is about 17x slower than ``torch.exp`` and would dominate the step. That
     costs accuracy only where ``|logvar|`` is tiny, about 1e-7 absolute per element (see
     :func:`mixelbo.functional.individual_variance_kl`); elsewhere ``torch.expm1``."""
     logvar = _acc(logvar)

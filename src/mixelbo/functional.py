@@ -286,7 +286,7 @@ def individual_variance_kl(
     :math:`\mu`. This reference expression forms ``expm1(logvar) - logvar``; the fused kernels
     keep full float32 precision near :math:`\sigma = 1` (a Taylor branch), and the default CPU
     kernels form ``exp(logvar) - 1 - logvar`` as the plain expression does (``torch.expm1`` is
-    10-18x slower than ``exp`` there), about 1e-7 absolute per element (docs/equations.md).
+    about 17x slower than ``exp`` there), about 1e-7 absolute per element (docs/equations.md).
 
     Args:
         logvar: posterior log-variances, ``(N, ...)``.
