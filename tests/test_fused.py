@@ -81,6 +81,20 @@ def test_mixture_kl_matches_the_reference(path: str, variance: str, dtype: torch
 
 
 @pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_the_kernels_leave_their_inputs_unchanged(path: str, dtype: torch.dtype) -> None:
+    # the eager kernels work in place in the upcast copies of half-precision inputs
+    leaves = _leaves((16, 6), dtype, seed=4)
+    before = [t.detach().clone() for t in leaves]
+    for variance in VARIANCES:
+        _value_and_grads(PATHS[path], leaves, variance=variance)
+    logvar = leaves[1].detach().requires_grad_()
+    F.individual_variance_kl(logvar, fused=PATHS[path]).backward()
+    for tensor, copy in zip(leaves, before, strict=True):
+        assert torch.equal(tensor, copy)
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("pattern", ["b c h w -> (b h w) c", "b c h w -> b (c h w)"])
 def test_mixture_kl_applies_the_pattern(path: str, pattern: str) -> None:
     leaves = _leaves((4, 3, 2, 5), torch.float32, seed=2)

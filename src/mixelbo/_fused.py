@@ -27,9 +27,10 @@ The custom ops have fake (meta) implementations and registered autograd, so a us
 compiled graph they run the kernels the same setting selects.
 
 Numerics. Inputs arrive as validated ``(N, d)`` matrices; everything accumulates in float32 for
-float16/bfloat16 inputs (float64 stays float64): the eager kernels read half-precision inputs
-as they are (``mean(dtype=float32)``, type promotion), :func:`_run` upcasts them for the fused
-ones. The eager kernels form the moments in two passes, as the reference does (the mean, then
+float16/bfloat16 inputs (float64 stays float64): the eager kernels upcast each half-precision
+input once and work in place in that copy where they can (faster on CPU than ops that mix
+bf16 and float32 operands, and an (N, d) allocation fewer), :func:`_run` upcasts them for the
+fused ones. The eager kernels form the moments in two passes, as the reference does (the mean, then
 centred deviations), and on CPU float32 KL_I as ``exp(x) - 1 - x`` (see
 :func:`_eager_kl_i_terms`). The fused kernels use the shifted-data algorithm in one pass: with
 :math:`c_j = \mu_{1j}` (the first sample) and :math:`s = x - c`, the variance is
@@ -333,17 +334,24 @@ def _eager_slope(raw_var: Tensor) -> Tensor:
 Stats = Tensor | tuple[Tensor, ...]
 
 
+def _centred(x: Tensor, mean: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(m, x - m)`` in the accumulation dtype, ``m`` the column mean of ``x`` unless given;
+    for a half-precision ``x`` the difference is formed in place in its upcast copy."""
+    upcast = _acc(x)
+    if mean is None:
+        mean = upcast.mean(0)
+    return mean, upcast - mean if upcast is x else upcast.sub_(mean)
+
+
 def _eager_forward_means(mu: Tensor) -> tuple[Tensor, Tensor, Stats]:
-    mean = mu.mean(0, dtype=accumulation_dtype(mu))  # eq. 17
-    deviation = mu - mean
+    mean, deviation = _centred(mu)  # eq. 17
     spread = (deviation * deviation).mean(0)
     kl_per_dim, kl = _eager_kl_from_moments(mean, spread)
     return kl_per_dim, kl, (mean, spread, deviation)
 
 
 def _eager_forward_mixture(mu: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor, Stats]:
-    mean = mu.mean(0, dtype=accumulation_dtype(mu))  # eq. 17
-    deviation = mu - mean
+    mean, deviation = _centred(mu)  # eq. 17
     variances = _acc(logvar).exp()
     raw_var = (deviation * deviation).mean(0) + variances.mean(0)
     kl_per_dim, kl = _eager_kl_from_moments(mean, raw_var)
@@ -351,8 +359,7 @@ def _eager_forward_mixture(mu: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor, 
 
 
 def _eager_forward_sample(mu: Tensor, z: Tensor) -> tuple[Tensor, Tensor, Stats]:
-    mean = mu.mean(0, dtype=accumulation_dtype(mu))  # eq. 17
-    deviation = z - mean
+    mean, deviation = _centred(z, _acc(mu).mean(0))  # eq. 17
     raw_var = (deviation * deviation).mean(0)  # eq. 18
     kl_per_dim, kl = _eager_kl_from_moments(mean, raw_var)
     return kl_per_dim, kl, (mean, raw_var, deviation.mean(0), deviation)  # zbar - m
@@ -368,7 +375,7 @@ def _eager_scaled(g: Tensor, stats: Stats, n: int) -> tuple[Tensor, Tensor]:
 def _eager_mean_gradient(g: Tensor, x: Tensor, stats: Stats) -> tuple[Tensor, Tensor]:
     """``g/N (m + a (x - m))``, the gradient of ``"means"`` and ``"mixture"`` for ``mu``, and
     ``g/N a``."""
-    deviation = stats[2] if len(stats) > 2 else x - stats[0]
+    deviation = stats[2] if len(stats) > 2 else _centred(x, stats[0])[1]
     g_n_mean, coefficient = _eager_scaled(g, stats, deviation.shape[0])
     return torch.addcmul(g_n_mean, deviation, coefficient), coefficient
 
@@ -386,7 +393,7 @@ def _eager_backward_mixture(
 
 
 def _eager_backward_sample(g: Tensor, mu: Tensor, z: Tensor, stats: Stats) -> tuple[Tensor, Tensor]:
-    deviation = stats[3] if len(stats) > 3 else z - stats[0]
+    deviation = stats[3] if len(stats) > 3 else _centred(z, stats[0])[1]
     g_n_mean, coefficient = _eager_scaled(g, stats, deviation.shape[0])
     grad_mean = torch.addcmul(g_n_mean, coefficient, stats[2], value=-1)  # g/N (m - a (zbar - m))
     # the broadcast row, not a copy: autograd materialises it once where it must
@@ -399,12 +406,14 @@ def _eager_kl_i_terms(logvar: Tensor) -> tuple[Tensor, Tensor]:
     ``torch.expm1`` there is about 17x slower than ``torch.exp`` and would dominate the step. That
     costs accuracy only where ``|logvar|`` is tiny, about 1e-7 absolute per element (see
     :func:`mixelbo.functional.individual_variance_kl`); elsewhere ``torch.expm1``."""
-    logvar = _acc(logvar)
-    if logvar.dtype == torch.float32 and logvar.device.type == "cpu":
-        expm1 = logvar.exp().sub_(_constants(logvar)[1])
+    upcast = _acc(logvar)
+    if upcast.dtype == torch.float32 and upcast.device.type == "cpu":
+        expm1 = upcast.exp().sub_(_constants(upcast)[1])
     else:
-        expm1 = torch.expm1(logvar)
-    return expm1 - logvar, expm1
+        expm1 = torch.expm1(upcast)
+    # a half-precision logvar's upcast copy is this function's own: the elements overwrite it
+    elements = expm1 - upcast if upcast is logvar else torch.sub(expm1, upcast, out=upcast)
+    return elements, expm1
 
 
 def _eager_forward_kl_i(logvar: Tensor) -> Tensor:
@@ -849,7 +858,7 @@ def mixture_kl_per_dim(
     under ``torch.compile`` where the custom ops are not registered (the caller then traces
     its reference expression).
 
-    Half-precision inputs are taken as they are (the kernels accumulate in float32); only the
+    Half-precision inputs are taken as they are (the kernels upcast them); only the
     tensors the estimator reads are passed on (``logvar`` for ``"mixture"``, ``z`` for
     ``"sample"``).
     """
