@@ -44,6 +44,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -180,7 +181,9 @@ def time_interleaved(
 ) -> dict[str, dict[str, float]]:
     """Median, IQR and minimum per step of every method (and the per-round times), over
     rounds that run each method's block of steps one after the other, the order rotated by
-    one method each round so that no method always follows the same one."""
+    one method each round so that no method always follows the same one; and the process's
+    minor page faults and system CPU time per step during each method's blocks (on CUDA these
+    count the host only)."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     number = {}
     for name, step in steps.items():  # a block of about 10 ms per method
@@ -193,6 +196,8 @@ def time_interleaved(
             elapsed.append(time.perf_counter() - start)
         number[name] = max(1, int(0.01 / max(min(elapsed), 1e-7)))
     times: dict[str, list[float]] = {name: [] for name in steps}
+    faults = dict.fromkeys(steps, 0)
+    system_s = dict.fromkeys(steps, 0.0)
     started = time.perf_counter()
     rounds = 0
     names = list(steps)
@@ -200,11 +205,15 @@ def time_interleaved(
         for name in names[rounds % len(names) :] + names[: rounds % len(names)]:
             step = steps[name]
             sync()
+            usage = resource.getrusage(resource.RUSAGE_SELF)
             start = clock()
             for _ in range(number[name]):
                 step()
             sync()
             times[name].append((clock() - start) / number[name])
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            faults[name] += after.ru_minflt - usage.ru_minflt
+            system_s[name] += after.ru_stime - usage.ru_stime
         rounds += 1
     stats = {}
     for name, samples in times.items():
@@ -215,6 +224,8 @@ def time_interleaved(
             "min_us": min(samples) * 1e6,
             "rounds": len(samples),
             "number_per_round": number[name],
+            "minor_faults_per_step": faults[name] / (len(samples) * number[name]),
+            "system_us_per_step": system_s[name] / (len(samples) * number[name]) * 1e6,
             "round_us": [sample * 1e6 for sample in samples],
         }
     return stats
@@ -375,7 +386,10 @@ def print_row(row: dict[str, Any]) -> None:
     print(
         f"{row['device']:4s} {row['dtype']:4s} {row['b']:5d} x {row['d']:6d}  {row['method']:8s}"
         f"  median {row['median_us']:10.1f} us  (IQR {row['iqr_us']:8.1f}, min"
-        f" {row['min_us']:10.1f})  warm-up {row['warmup_s']:6.2f} s{extra}",
+        f" {row['min_us']:10.1f})  warm-up {row['warmup_s']:6.2f} s"
+        f"  faults/step {row['minor_faults_per_step']:6.0f},"
+        f" system {row['system_us_per_step']:6.0f} us"
+        f"{extra}",
         flush=True,
     )
 
@@ -446,6 +460,20 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"| {s['default_vs_plain']:.2f}x | {s['fused_vs_plain']:.2f}x "
             f"| {_error_pair(error[(*key, 'plain')], error[(*key, 'default')])} |"
         )
+    rows = {(r["device"], r["dtype"], r["b"], r["d"], r["method"]): r for r in result["rows"]}
+    if all("minor_faults_per_step" in r for r in result["rows"]):  # results since 2026-12-02
+        shown = ("plain", "default", "fused")
+        lines += [
+            "",
+            "| device | dtype | (b, d) | minor page faults per step: plain / default / fused "
+            "| system CPU time per step (µs): plain / default / fused |",
+            "|---|---|---|---:|---:|",
+        ]
+        for s in result["speedups"]:
+            key = (s["device"], s["dtype"], s["b"], s["d"])
+            faults = " / ".join(f"{rows[(*key, m)]['minor_faults_per_step']:.0f}" for m in shown)
+            system = " / ".join(f"{rows[(*key, m)]['system_us_per_step']:.0f}" for m in shown)
+            lines.append(f"| {key[0]} | {key[1]} | ({key[2]}, {key[3]}) | {faults} | {system} |")
     lines += [
         "",
         "| device | setting | import (s) | first forward + backward (s) | second (ms) |",

@@ -27,6 +27,7 @@ def test_bench_losses_quick(tmp_path: Path) -> None:
         assert 0 < row["min_us"] <= row["median_us"] and row["rounds"] >= 7
         assert row["warmup_s"] > 0
         assert 0 <= row["relative_error"] < 1e-4  # fp32 against float64 on the same inputs
+        assert row["minor_faults_per_step"] >= 0 and row["system_us_per_step"] >= 0
     machine = result["machine"]
     assert machine["cpu_count"] and machine["torch"] == __import__("torch").__version__
     assert machine["cpu_model"] and machine["load_average_before"] is not None
@@ -36,6 +37,11 @@ def test_bench_losses_quick(tmp_path: Path) -> None:
     assert first["MIXELBO_COMPILE"] is None and first["first_call_s"] > 0
     assert first["inductor_loaded"] is False
     assert result["settings"]["quick"] is True
+    render = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_losses.py"), "--render", str(out)],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert "| cpu | fp32 | (64, 512) |" in render.stdout and "page faults" in render.stdout
 
 
 def test_bench_losses_rejects_a_bad_size() -> None:
