@@ -30,8 +30,8 @@ Numerics. Inputs arrive as validated ``(N, d)`` matrices; everything accumulates
 float16/bfloat16 inputs (float64 stays float64): the eager kernels upcast each half-precision
 input once and work in place in that copy where they can (faster on CPU than ops that mix
 bf16 and float32 operands, and an (N, d) allocation fewer), :func:`_run` upcasts them for the
-fused ones. The eager kernels form the moments in two passes, as the reference does (the mean, then
-centred deviations), and on CPU float32 KL_I as ``exp(x) - 1 - x`` (see
+fused ones. The eager kernels form the moments in two passes, as the reference does (the mean,
+then centred deviations), and on CPU float32 KL_I as ``exp(x) - 1 - x`` (see
 :func:`_eager_kl_i_terms`). The fused kernels use the shifted-data algorithm in one pass: with
 :math:`c_j = \mu_{1j}` (the first sample) and :math:`s = x - c`, the variance is
 :math:`\overline{s^2} - \bar s^2`, where :math:`\bar s` is of the order of the spread, so there
