@@ -546,6 +546,9 @@ def main(argv: list[str] | None = None) -> int:
         "timed": "forward + backward into mu, logvar, z (grads reset each step), methods "
         "interleaved round by round",
         "command": " ".join(sys.argv),
+        # glibc's allocator settings, which decide whether freed tensors' pages return to
+        # the kernel (and fault in again): see benchmarks/README.md
+        "allocator_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "total_s": time.perf_counter() - started,
     }  # fmt: skip
