@@ -128,6 +128,10 @@ SERIAL_BELOW = 1 << 17
 # about 16k elements (short A/B runs at (64, 512) on the project's 2-core VM: fused 1.86x ->
 # 1.95-2.05x of the plain expression).
 SERIAL_BELOW_KL_I = 1 << 14
+# each kernel's single-threaded bound on CPU where it is not SERIAL_BELOW
+_SERIAL_BELOW_OF = dict.fromkeys(
+    ("forward_kl_i", "forward_kl_i_terms", "backward_kl_i"), SERIAL_BELOW_KL_I
+)
 _compile_failed = False
 # MIXELBO_COMPILE as last read in eager mode: code traced by torch.compile reads this global
 # (Dynamo guards on it) instead of os.environ, which older Dynamo releases cannot trace.
@@ -457,8 +461,9 @@ class _DirectKernel:
     the eager kernels with one warning.
     """
 
-    def __init__(self, kernel: Callable[..., Any]) -> None:
+    def __init__(self, kernel: Callable[..., Any], serial_below: int = SERIAL_BELOW) -> None:
         self.kernel = kernel
+        self.serial_below = serial_below  # CPU inputs with fewer elements: single-threaded code
         self.variants: list[tuple[bool, Any, Any, Callable[..., Any]]] = []  # (serial, ...)
         self._interp: dict[str, Any] = {}
         # the inputs' sizes -> the variant whose guards they passed: the guards read sizes and
@@ -532,9 +537,7 @@ class _DirectKernel:
         """The first variant of ``args``' size class whose shape guards they pass (compiling
         one if none does) and its outputs on ``args``. Small CPU inputs get single-threaded
         code (see :data:`SERIAL_BELOW`)."""
-        kl_i = self.kernel in (_forward_kl_i_terms, _forward_kl_i, _backward_kl_i)
-        below = SERIAL_BELOW_KL_I if kl_i else SERIAL_BELOW
-        serial = args[0].device.type == "cpu" and max(a.numel() for a in args) < below
+        serial = args[0].device.type == "cpu" and max(a.numel() for a in args) < self.serial_below
         names = {f"t{i}": a for i, a in enumerate(args)}
         for variant_serial, guard, _, variant in self.variants:
             if variant_serial == serial and (
@@ -568,7 +571,8 @@ def _run(name: str, fused: bool, *args: Any) -> Any:
         key = (name, tensors[0].dtype, tensors[0].device.type)
         compiled = _compiled.get(key)
         if compiled is None:
-            compiled = _compiled[key] = _DirectKernel(fused_kernel)
+            below = _SERIAL_BELOW_OF.get(name, SERIAL_BELOW)
+            compiled = _compiled[key] = _DirectKernel(fused_kernel, below)
         try:
             out = compiled(tensors)
         except Exception as error:  # Inductor/compiler failures surface as many exception types
