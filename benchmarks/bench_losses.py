@@ -444,23 +444,16 @@ def render_markdown(result: dict[str, Any]) -> str:
         "| loss error: plain / default |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    error = {
-        (r["device"], r["dtype"], r["b"], r["d"], r["method"]): r.get("relative_error")
-        for r in result["rows"]
-    }
-    median = {
-        (r["device"], r["dtype"], r["b"], r["d"], r["method"]): r["median_us"]
-        for r in result["rows"]
-    }
+    rows = {(r["device"], r["dtype"], r["b"], r["d"], r["method"]): r for r in result["rows"]}
     for s in result["speedups"]:
         key = (s["device"], s["dtype"], s["b"], s["d"])
-        times = " | ".join(f"{median[(*key, m)]:.0f}" for m in METHODS)
+        times = " | ".join(f"{rows[(*key, m)]['median_us']:.0f}" for m in METHODS)
+        errors = (rows[(*key, m)].get("relative_error") for m in ("plain", "default"))
         lines.append(
             f"| {key[0]} | {key[1]} | ({key[2]}, {key[3]}) | {times} "
             f"| {s['default_vs_plain']:.2f}x | {s['fused_vs_plain']:.2f}x "
-            f"| {_error_pair(error[(*key, 'plain')], error[(*key, 'default')])} |"
+            f"| {_error_pair(*errors)} |"
         )
-    rows = {(r["device"], r["dtype"], r["b"], r["d"], r["method"]): r for r in result["rows"]}
     if all("minor_faults_per_step" in r for r in result["rows"]):  # results since 2026-12-02
         shown = ("plain", "default", "fused")
         lines += [
