@@ -65,6 +65,13 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 METHODS = ("plain", "eager", "compiled", "default", "fused")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 FIRST_CALL_SIZE = (64, 512)
+# The fewest (b, d) tensors one forward + backward must move through memory, each pass reading
+# its inputs once and each gradient written once. "sample": the forward reads mu, z (KL_G) and
+# logvar (KL_I); the backward reads z (mu's gradient is one row, broadcast) and logvar and
+# writes three gradients. "means" and "mixture": the forward reads mu and logvar, the backward
+# reads them again and writes their two gradients (z gets none).
+MIN_TENSORS_MOVED = {"sample": 8, "means": 6, "mixture": 6}
+MIXELBO_METHODS = {"eager": False, "default": None, "fused": True}  # method -> fused argument
 
 # Peak DRAM bandwidth (bytes/s) of common GPUs from their vendors' datasheets, used when the
 # driver does not report memory clock and bus width.
@@ -158,7 +165,7 @@ def loss_function(method: str, variance: str) -> Callable[..., torch.Tensor]:
         return plain_expression(variance)
     if method == "compiled":
         return torch.compile(mixelbo_expression(variance, False), dynamic=False)  # type: ignore[return-value]
-    return mixelbo_expression(variance, {"eager": False, "default": None, "fused": True}[method])
+    return mixelbo_expression(variance, MIXELBO_METHODS[method])
 
 
 class Step:
@@ -309,13 +316,22 @@ def check_values(
     return {name: abs(value.item() / exact.item() - 1.0) for name, value in values.items()}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def devices_of(choice: str) -> list[str]:
+    """The devices that ``--device`` names (``all``: the CPU, and CUDA when present)."""
+    if choice != "all":
+        return [choice]
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def run(
+    args: argparse.Namespace, on_case: Callable[[list[dict[str, Any]]], None]
+) -> dict[str, Any]:
+    """Every case's rows, then the first calls; ``on_case`` gets the rows so far after each
+    case (the caller saves them, so an interrupted run keeps its finished cases)."""
     torch._dynamo.config.cache_size_limit = 64  # static-shape baseline: one graph per case
     sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)
     dtypes = ["fp32"] if args.quick else args.dtypes
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    if args.device != "all":
-        devices = [args.device]
+    devices = devices_of(args.device)
     clock = time.process_time if args.timer == "process" else time.perf_counter
     rows: list[dict[str, Any]] = []
     for device in devices:
@@ -344,9 +360,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "relative_error": errors[method],
                     }  # fmt: skip
                     if device == "cuda":
-                        row |= cuda_row(step, row["median_us"], b * d * leaves[0].element_size())
+                        row |= cuda_row(
+                            step, row["median_us"], b * d * leaves[0].element_size(),
+                            args.variance, method,
+                        )  # fmt: skip
                     rows.append(row)
                     print_row(row)
+                on_case(rows)
     first_calls = []
     for device in devices:
         settings: list[str | None] = [None] if args.quick else [None, "1"]
@@ -356,15 +376,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"rows": rows, "first_call": first_calls, "machine": machine_description(devices[-1])}
 
 
-def cuda_row(step: Step, median_us: float, tensor_bytes: int) -> dict[str, Any]:
-    """Launches per step (forward, backward) and bandwidth against the device's peak."""
+def term_launches(variance: str, fused: bool | None, leaves: list[torch.Tensor]) -> tuple[int, int]:
+    """CUDA launches of mixelbo's two terms alone, forward and backward: without the
+    ``kl_g + 0.5 * kl_i`` that joins them in the timed step, the backward started from
+    gradients made beforehand (the grads of the leaves reset, so none is accumulated)."""
+    mu, lv, z = leaves
+
+    def forward() -> tuple[torch.Tensor, torch.Tensor]:
+        kl_g = F.mixture_kl(mu, lv, z, variance=variance, fused=fused)  # type: ignore[arg-type]
+        return kl_g, F.individual_variance_kl(lv, reduction="sum", fused=fused)
+
+    forward_launches = cuda_launches(forward)
+    for leaf in leaves:
+        leaf.grad = None
+    outputs = forward()
+    seeds = [torch.ones_like(out) for out in outputs]
+    backward_launches = cuda_launches(lambda: torch.autograd.backward(outputs, seeds))
+    return forward_launches, backward_launches
+
+
+def cuda_row(
+    step: Step, median_us: float, tensor_bytes: int, variance: str, method: str
+) -> dict[str, Any]:
+    """Launches per step (forward, backward; and of mixelbo's terms alone) and bandwidth
+    against the device's peak."""
     launches = cuda_launches(step)
     forward = cuda_launches(step.forward)
-    # fwd reads mu, z, logvar; bwd reads them again and writes 3 grads: 9 (b, d) tensors
-    moved = 9 * tensor_bytes
+    moved = MIN_TENSORS_MOVED[variance] * tensor_bytes
     achieved = moved / (median_us * 1e-6)
     peak, _ = peak_bandwidth()
-    return {
+    row: dict[str, Any] = {
         "kernel_launches_per_step": launches,
         "kernel_launches_forward": forward,
         "kernel_launches_backward": launches - forward,
@@ -372,15 +413,22 @@ def cuda_row(step: Step, median_us: float, tensor_bytes: int) -> dict[str, Any]:
         "achieved_gb_per_s": achieved / 1e9,
         "fraction_of_peak_bandwidth": achieved / peak if peak else None,
     }
+    if method in MIXELBO_METHODS:
+        fwd, bwd = term_launches(variance, MIXELBO_METHODS[method], step.leaves)
+        row |= {"term_launches_forward": fwd, "term_launches_backward": bwd}
+    return row
 
 
 def print_row(row: dict[str, Any]) -> None:
     extra = ""
     if "kernel_launches_per_step" in row:
         peak = row["fraction_of_peak_bandwidth"]
+        terms = row.get("term_launches_forward"), row.get("term_launches_backward")
         extra = (
             f"  launches {row['kernel_launches_forward']:3d} fwd"
-            f" {row['kernel_launches_backward']:3d} bwd  {row['achieved_gb_per_s']:8.1f} GB/s"
+            f" {row['kernel_launches_backward']:3d} bwd"
+            + (f" (terms alone {terms[0]} + {terms[1]})" if terms[0] is not None else "")
+            + f"  {row['achieved_gb_per_s']:8.1f} GB/s"
             + (f" ({100 * peak:4.1f}% of peak)" if peak else "")
         )
     print(
@@ -493,6 +541,14 @@ def _size(text: str) -> tuple[int, int]:
     return b, d
 
 
+def write_json(path: Path, result: dict[str, Any]) -> None:
+    """``result`` to ``path`` atomically (a temporary file, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one size, fp32, short runs (CI)")
@@ -528,11 +584,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     load_before = load_average()
-    result = run(args)
-    result["speedups"] = speedups(result["rows"])
-    result["machine"]["load_average_before"] = load_before
-    result["machine"]["load_average_after"] = load_average()
-    result["settings"] = {
+    settings = {
         "quick": args.quick, "variance": args.variance, "min_run_time_s": args.min_run_time,
         "timer": args.timer,
         "loss": "mixture_kl(mu, logvar, z) + 0.5 * individual_variance_kl(logvar, 'sum')",
@@ -542,9 +594,21 @@ def main(argv: list[str] | None = None) -> int:
         # glibc's allocator settings, which decide whether freed tensors' pages return to
         # the kernel (and fault in again): see benchmarks/README.md
         "allocator_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+    }  # fmt: skip
+    label = f"bench_losses-{devices_of(args.device)[-1]}{'-quick' if args.quick else ''}"
+    # the finished cases while the run goes on, so an interrupted run keeps them
+    partial = (args.out or RESULTS_DIR / label).with_suffix(".partial.json")
+    result = run(
+        args,
+        lambda rows: write_json(partial, {"partial": True, "rows": rows, "settings": settings}),
+    )
+    result["speedups"] = speedups(result["rows"])
+    result["machine"]["load_average_before"] = load_before
+    result["machine"]["load_average_after"] = load_average()
+    result["settings"] = settings | {
         "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "total_s": time.perf_counter() - started,
-    }  # fmt: skip
+    }
     print(
         "\nspeed-up (median over rounds of the same-round time ratio) against the plain "
         "expression, and of the fused path:"
@@ -557,15 +621,10 @@ def main(argv: list[str] | None = None) -> int:
             f"  fused vs eager {s['fused_vs_eager']:5.2f}x"
             f"  fused vs torch.compile {s['fused_vs_compiled']:5.2f}x"
         )
-    out = args.out
-    if out is None:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        device = "cuda" if any(r["device"] == "cuda" for r in result["rows"]) else "cpu"
-        out = RESULTS_DIR / f"bench_losses-{device}{'-quick' if args.quick else ''}-{stamp}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = args.out or RESULTS_DIR / f"{label}-{stamp}.json"  # named by the time it finished
+    write_json(out, result)
+    partial.unlink(missing_ok=True)
     print(f"\nwrote {out} ({result['settings']['total_s']:.1f} s)")
     return 0
 

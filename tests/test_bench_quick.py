@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,6 +22,7 @@ def test_bench_losses_quick(tmp_path: Path) -> None:
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "against the plain expression" in completed.stdout
+    assert not (tmp_path / "bench.partial.json").exists()  # the finished run's is removed
     result = json.loads(out.read_text())
     methods = {row["method"] for row in result["rows"]}
     assert methods == {"plain", "eager", "compiled", "default", "fused"}
@@ -42,6 +46,29 @@ def test_bench_losses_quick(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     assert "| cpu | fp32 | (64, 512) |" in render.stdout and "page faults" in render.stdout
+
+
+def test_an_interrupted_run_keeps_its_finished_cases(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "benchmarks" / "bench_losses.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt  # after the cases, while the first calls would run
+
+    monkeypatch.setattr(bench, "first_call", interrupted)
+    out = tmp_path / "bench.json"
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--quick", "--device", "cpu", "--sizes", "4,8", "6,3", "--min-run-time",
+                    "0.01", "--out", str(out)])  # fmt: skip
+    assert not out.exists()
+    partial = json.loads((tmp_path / "bench.partial.json").read_text())
+    assert partial["partial"] is True and partial["settings"]["quick"] is True
+    cases = [(row["b"], row["d"], row["method"]) for row in partial["rows"]]
+    assert cases == [(b, d, m) for b, d in ((4, 8), (6, 3)) for m in bench.METHODS]
 
 
 def test_bench_losses_rejects_a_bad_size() -> None:
