@@ -324,15 +324,22 @@ def devices_of(choice: str) -> list[str]:
 
 
 def run(
-    args: argparse.Namespace, on_case: Callable[[list[dict[str, Any]]], None]
+    args: argparse.Namespace,
+    on_case: Callable[[list[dict[str, Any]], list[dict[str, Any]]], None],
 ) -> dict[str, Any]:
-    """Every case's rows, then the first calls; ``on_case`` gets the rows so far after each
-    case (the caller saves them, so an interrupted run keeps its finished cases)."""
+    """The first calls, then every case's rows; ``on_case`` gets the first calls and the rows
+    so far after each case (the caller saves them, so an interrupted run keeps them)."""
     torch._dynamo.config.cache_size_limit = 64  # static-shape baseline: one graph per case
     sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)
     dtypes = ["fp32"] if args.quick else args.dtypes
     devices = devices_of(args.device)
     clock = time.process_time if args.timer == "process" else time.perf_counter
+    first_calls = []  # fresh processes, run first so that an interrupted run has them
+    for device in devices:
+        settings: list[str | None] = [None] if args.quick else [None, "1"]
+        for setting in settings:
+            first_calls.append(first_call(device, torch.get_num_threads(), setting))
+            print_first_call(first_calls[-1])
     rows: list[dict[str, Any]] = []
     for device in devices:
         for dtype_name in dtypes:
@@ -366,13 +373,7 @@ def run(
                         )  # fmt: skip
                     rows.append(row)
                     print_row(row)
-                on_case(rows)
-    first_calls = []
-    for device in devices:
-        settings: list[str | None] = [None] if args.quick else [None, "1"]
-        for setting in settings:
-            first_calls.append(first_call(device, torch.get_num_threads(), setting))
-            print_first_call(first_calls[-1])
+                on_case(first_calls, rows)
     return {"rows": rows, "first_call": first_calls, "machine": machine_description(devices[-1])}
 
 
@@ -600,7 +601,10 @@ def main(argv: list[str] | None = None) -> int:
     partial = (args.out or RESULTS_DIR / label).with_suffix(".partial.json")
     result = run(
         args,
-        lambda rows: write_json(partial, {"partial": True, "rows": rows, "settings": settings}),
+        lambda first_calls, rows: write_json(
+            partial,
+            {"partial": True, "first_call": first_calls, "rows": rows, "settings": settings},
+        ),
     )
     result["speedups"] = speedups(result["rows"])
     result["machine"]["load_average_before"] = load_before

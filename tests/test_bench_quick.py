@@ -56,10 +56,15 @@ def test_an_interrupted_run_keeps_its_finished_cases(
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
 
-    def interrupted(*args: object) -> None:
-        raise KeyboardInterrupt  # after the cases, while the first calls would run
+    checked, cases_begun = bench.check_values, []
 
-    monkeypatch.setattr(bench, "first_call", interrupted)
+    def interrupted_in_the_second_case(*args: object) -> object:
+        cases_begun.append(args)
+        if len(cases_begun) == 2:
+            raise KeyboardInterrupt
+        return checked(*args)
+
+    monkeypatch.setattr(bench, "check_values", interrupted_in_the_second_case)
     out = tmp_path / "bench.json"
     with pytest.raises(KeyboardInterrupt):
         bench.main(["--quick", "--device", "cpu", "--sizes", "4,8", "6,3", "--min-run-time",
@@ -67,8 +72,10 @@ def test_an_interrupted_run_keeps_its_finished_cases(
     assert not out.exists()
     partial = json.loads((tmp_path / "bench.partial.json").read_text())
     assert partial["partial"] is True and partial["settings"]["quick"] is True
+    (first,) = partial["first_call"]  # measured before the cases
+    assert first["first_call_s"] > 0
     cases = [(row["b"], row["d"], row["method"]) for row in partial["rows"]]
-    assert cases == [(b, d, m) for b, d in ((4, 8), (6, 3)) for m in bench.METHODS]
+    assert cases == [(4, 8, method) for method in bench.METHODS]  # the finished case only
 
 
 def test_bench_losses_rejects_a_bad_size() -> None:
