@@ -11,7 +11,7 @@
 #
 # Environment: OUT (where results and the log go; default benchmarks/results/device-<time>),
 # PYTHON (default: .venv/bin/python if there, else python3), BUDGET_S (the whole run's limit,
-# default 470), LINK_PACKAGES=1 (import this checkout's packages through links in a temporary
+# default 480), LINK_PACKAGES=1 (import this checkout's packages through links in a temporary
 # folder on PYTHONPATH, as is done anyway where they are not importable: a GPU image with its
 # own torch, where nothing can be installed from an index). Files written under
 # OUT: device_check.log, bench_losses.json, train-eager.json, train-compile.json,
@@ -29,7 +29,7 @@ if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 OUT="${OUT:-benchmarks/results/device-$(date -u +%Y%m%dT%H%M%SZ)}"
-BUDGET_S="${BUDGET_S:-470}"
+BUDGET_S="${BUDGET_S:-480}"
 mkdir -p "$OUT"
 LOG="$OUT/device_check.log"
 START=$SECONDS
@@ -89,14 +89,17 @@ else
   TRAIN_ARGS=(--config paper-256 --batch-size 64 --device cuda --precision bf16 --warmup 5
     --steps 20)
   TRAIN_COMPILE=(--compile)
-  TESTS_LIMIT=100
+  TESTS_LIMIT=120
 fi
 
+# pytest-xdist, where installed (the GPU image has it), spreads the tests' compiles over 4 workers
+WORKERS=()
+if "$PYTHON" -c "import xdist" 2>/dev/null; then WORKERS=(-n 4); fi
 step "pytest -m cuda" "$TESTS_LIMIT" "$PYTHON" -m pytest -m cuda -q -p no:cacheprovider \
-  "${CUDA_TESTS[@]}"
+  "${WORKERS[@]}" "${CUDA_TESTS[@]}"
 # its first calls (fresh processes, cold compiles) come first, then the cases, each saved as
 # it finishes (bench_losses.partial.json), so a run cut short keeps what it measured
-step "bench_losses" 200 "$PYTHON" benchmarks/bench_losses.py --device "$DEVICE" \
+step "bench_losses" 180 "$PYTHON" benchmarks/bench_losses.py --device "$DEVICE" \
   "${LOSS_ARGS[@]}" --out "$OUT/bench_losses.json"
 step "bench_train, eager" 50 "$PYTHON" benchmarks/bench_train.py "${TRAIN_ARGS[@]}" \
   --out "$OUT/train-eager.json"
