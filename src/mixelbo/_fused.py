@@ -38,8 +38,9 @@ then centred deviations), and on CPU float32 KL_I as ``exp(x) - 1 - x`` (see
 is no :math:`E[x^2] - E[x]^2` cancellation however large :math:`|\bar x|` is. At
 :math:`|\bar\mu|/\mathrm{std} = 10^5` in float32 it loses under 1e-7 relative, where a
 single-pass Welford reduction (tried first) lost 3e-3 and the two-pass form loses 1e-4
-(``tests/test_fused.py``). For ``variance="sample"`` the centred second moment of ``z`` about
-:math:`\bar\mu` (not about :math:`\bar z`) is
+(``tests/test_fused.py``). Their C++ code (CPU) contracts ``a * b + c`` into one fused
+multiply-add with one rounding, as Triton's does on CUDA. For ``variance="sample"`` the
+centred second moment of ``z`` about :math:`\bar\mu` (not about :math:`\bar z`) is
 
 .. math::
     \frac1N \sum_i (z_{ij} - \bar\mu_j)^2 = \mathrm{Var}_i(z_{ij}) + (\bar z_j - \bar\mu_j)^2,
@@ -506,6 +507,10 @@ class _DirectKernel:
         # No FX graph cache: a cached artifact can carry shape guards of the graph it was
         # built for that this ShapeEnv never sees, so it could be reused where it is wrong.
         options: dict[str, Any] = {"fx_graph_cache": False, "fx_graph_remote_cache": False}
+        if hasattr(torch._inductor.config.cpp, "enable_floating_point_contract_flag"):
+            # the generated C++ forms a * b + c as one fused multiply-add, rounded once:
+            # KL_I's Taylor polynomial runs ~10% faster on CPU (Triton contracts anyway)
+            options["cpp.enable_floating_point_contract_flag"] = "fast"
         if serial:
             options["cpp.threads"] = 1
         with tracing(TracingContext(fake_mode)), torch._inductor.config.patch(options):
