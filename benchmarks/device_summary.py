@@ -54,6 +54,10 @@ def loss_lines(result: dict[str, Any] | None) -> list[str]:
         f" over {len(fused)} cases: {_verdict(worst <= MAX_LAUNCHES)}"
     )
     large = [r for r in fused if r["b"] * r["d"] >= MIN_ELEMENTS]
+    if not large:  # e.g. a run cut short before its large cases
+        lines.append(
+            f"target >= {MIN_PEAK_FRACTION:.0%} of peak bandwidth at >= 2 M elements: not measured"
+        )
     for r in large:
         fraction = r["fraction_of_peak_bandwidth"]
         verdict = "unknown" if fraction is None else _verdict(fraction >= MIN_PEAK_FRACTION)

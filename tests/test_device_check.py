@@ -90,6 +90,8 @@ def test_the_summary_judges_each_cuda_target_by_the_issue_thresholds(tmp_path: P
     assert "fp32 (512, 4096): 85%: met" in text
     assert "fp32 (16384, 4096): 79%: NOT MET" in text
     assert "(64, 512), fp32: 4.90x: NOT MET" in text
+    small_only = summary.loss_lines({"partial": True, "rows": rows[:1], "speedups": speedups})
+    assert "of peak bandwidth at >= 2 M elements: not measured" in "\n".join(small_only)
     trains = {"eager": None, "compile": json.loads((tmp_path / "train-compile.json").read_text())}
     train_text = "\n".join(summary.train_lines(trains))
     assert "bench_train, eager: no result" in train_text
