@@ -593,8 +593,12 @@ def main(argv: list[str] | None = None) -> int:
         "interleaved round by round",
         "command": " ".join(sys.argv),
         # glibc's allocator settings, which decide whether freed tensors' pages return to
-        # the kernel (and fault in again): see benchmarks/README.md
-        "allocator_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+        # the kernel (and fault in again), and torch's switch for transparent huge pages
+        # (one fault per 2 MiB): see benchmarks/README.md
+        "allocator_env": {
+            k: v for k, v in os.environ.items()
+            if k.startswith("MALLOC_") or k == "THP_MEM_ALLOC_ENABLE"
+        },
     }  # fmt: skip
     label = f"bench_losses-{devices_of(args.device)[-1]}{'-quick' if args.quick else ''}"
     # the finished cases while the run goes on, so an interrupted run keeps them

@@ -107,3 +107,26 @@ def test_trainer_page_lists_every_command_option(site: Path, module: str) -> Non
     assert options
     missing = [option for option in options if f"<code>{option}" not in page]
     assert not missing, missing
+
+
+# a result file named in full (``bench_losses-cpu-20261202T055131Z.json``) or by the time it
+# finished (``...T055131Z``)
+RESULT_NAME = re.compile(r"\b([\w-]+-\d{8}T\d{6}Z\.json)|`\.\.\.(T\d{6}Z)`")
+
+
+def test_every_cited_result_file_is_committed() -> None:
+    """The figures in the docs come from files in ``benchmarks/results/``: each one a page or
+    the README names exists there (a figure from a run that was not kept fails this)."""
+    results = {path.name for path in (ROOT / "benchmarks" / "results").glob("*.json")}
+    pages = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", *(ROOT / "docs").rglob("*.md")]
+    cited = 0
+    for page in pages:
+        for full, short in RESULT_NAME.findall(page.read_text()):
+            cited += 1
+            if full:
+                assert full in results, f"{page.name} cites {full}, not in benchmarks/results/"
+            else:
+                assert any(name.endswith(f"{short}.json") for name in results), (
+                    f"{page.name} cites ...{short}, not in benchmarks/results/"
+                )
+    assert cited > 10  # the pattern still finds the citations
