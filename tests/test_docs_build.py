@@ -115,8 +115,8 @@ RESULT_NAME = re.compile(r"\b([\w-]+-\d{8}T\d{6}Z\.json)|`\.\.\.(T\d{6}Z)`")
 
 
 def test_every_cited_result_file_is_committed() -> None:
-    """The figures in the docs come from files in ``benchmarks/results/``: each one a page or
-    the README names exists there (a figure from a run that was not kept fails this)."""
+    """The figures in the docs come from files in ``benchmarks/results/``: every result file
+    that a page or a README names is there (a figure from a run that was not kept fails)."""
     results = {path.name for path in (ROOT / "benchmarks" / "results").glob("*.json")}
     pages = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", *(ROOT / "docs").rglob("*.md")]
     cited = 0
