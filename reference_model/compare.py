@@ -30,6 +30,7 @@ from typing import Any
 
 from mixelbo_reference.evaluate import data_label, evaluate, objective_label
 from mixelbo_reference.report import Figure, Heading, Paragraph, Table, write_json, write_report
+from mixelbo_reference.sample_quality import PRIOR_SAMPLERS
 
 __all__ = [
     "DEFAULT_OBJECTIVES",
@@ -286,26 +287,37 @@ def comparison_blocks(summary: dict[str, Any]) -> list[Any]:
     return blocks
 
 
+_SCORE_KEYS = ("fid", "kid_mean", "precision", "recall")
+"""The sample-quality scores the comparison shows."""
+
+
 def sample_quality_comparison(runs: Sequence[dict[str, Any]]) -> list[Any]:
-    """FID, KID and precision/recall of each run's prior samples and reconstructions (the
-    generated column: ``prior`` or ``reconstruction``)."""
+    """FID, KID and precision/recall of each run's samples and reconstructions (the generated
+    column: ``prior`` for z ~ N(0, I), ``gaussian`` and ``gmm`` for the ex-post samplers,
+    ``reconstruction``)."""
     measured = [m for m in runs if (m.get("sample_quality") or {}).get("sets")]
     if not measured:
         return []
     first = measured[0]["sample_quality"]
-    rows = [
-        [objective_label(m), kind, *(row[k] for k in ("fid", "kid_mean", "precision", "recall"))]
-        for m in measured
-        for kind, row in m["sample_quality"]["sets"].items()
-        if kind in ("prior", "reconstruction")
-    ]
+    rows = []
+    for m in measured:
+        quality = m["sample_quality"]
+        # metrics written before the ex-post samplers have the prior's row only
+        generated = {**quality.get("by_sampler", {}), **quality["sets"]}
+        rows += [
+            [objective_label(m), kind, *(generated[kind][k] for k in _SCORE_KEYS)]
+            for kind in (*PRIOR_SAMPLERS, "reconstruction")
+            if kind in generated
+        ]
     return [
         Heading("Sample quality"),
         Paragraph(
             f"Against {first['test_images']} test images, in the features of the project's "
             "network for this dataset (each run's report names it and its test quality). "
             f"Precision / recall: Kynkaanniemi et al. 2019, k = {first['pr_k']}. "
-            f"{first['note']}"
+            "Generated: `prior`, z ~ N(0, I); `gaussian` and `gmm`, the ex-post full-covariance "
+            "Gaussian and Gaussian mixture fitted to the posterior means of training images "
+            f"(Ghosh et al. 2020); `reconstruction`, the test images'. {first['note']}"
         ),
         Table(["objective", "generated", "FID", "KID", "precision", "recall"], rows),
     ]

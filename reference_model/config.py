@@ -39,6 +39,7 @@ VARIANCES = ("sample", "means", "mixture")
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 GAN_LOSSES = ("bce", "hinge", "lsgan")
+COVARIANCES = ("diagonal", "full")
 DISC_NORMS = ("batch", "instance", "group", "none")
 
 MODEL_CONFIGS: dict[str, ModelConfig] = {
@@ -138,6 +139,12 @@ class TrainConfig:
         "(exact); default: the objective's preset",
         choices=VARIANCES,
     )
+    covariance: str = _opt(
+        "diagonal",
+        "KL_G of the eq. 22 objectives: diagonal (eq. 19, per latent dim) or full (against the "
+        "full aggregate covariance, MixtureKL(covariance='full'))",
+        choices=COVARIANCES,
+    )
     gan: bool = _opt(True, "use the PatchGAN adversarial term (--no-gan ablates it)")
     # PatchGAN options (mixelbo.PatchGANLoss / PatchDiscriminator; defaults = the paper)
     gan_loss: str = _opt(
@@ -182,6 +189,11 @@ class TrainConfig:
         None, "images in the procedural dataset (default: the dataset's own default)"
     )
     cache_dir: str | None = _opt(None, "cache folder of the procedural dataset")
+    grey: bool | None = _opt(
+        None,
+        "the images are grey (the decoder predicts one channel, repeated to RGB: no colour "
+        "cast); default: on for --data mnist, off otherwise",
+    )
     holdout: int = _opt(
         0,
         "hold out the last HOLDOUT images of the training split for validation: not trained "
@@ -215,6 +227,12 @@ class TrainConfig:
     run_dir: str | None = _opt(None, "run folder (default: OUT_DIR/MODEL-OBJECTIVE-TIMESTAMP)")
     out_dir: str = _opt("runs", "parent of the default run folder")
     resume: bool = _opt(False, "continue the run in --run-dir from its latest checkpoint")
+    override_config: bool = _opt(
+        False,
+        "with --resume: accept options that differ from the run's config.toml (other than "
+        "--steps, --epochs, logging and checkpoint options, which may always change) and "
+        "record them in the run folder; the networks' options can never change",
+    )
     log_every: int = _opt(10, "steps between TensorBoard scalar logs")
     image_every: int = _opt(500, "steps between image grids and test-split KL diagnostics")
     eval_images: int = _opt(64, "test images used for the diagnostics and the grids")
@@ -272,6 +290,13 @@ class TrainConfig:
             )
         if self.variance is not None and self.variance not in VARIANCES:
             raise ValueError(f"variance must be one of {VARIANCES}, got {self.variance!r}")
+        if self.covariance not in COVARIANCES:
+            raise ValueError(f"covariance must be one of {COVARIANCES}, got {self.covariance!r}")
+        if self.objective in standard and self.covariance != "diagonal":
+            raise ValueError(
+                "covariance applies to the eq. 22 objectives (mixture, paper, authors-code), "
+                f"got covariance={self.covariance!r} with objective={self.objective!r}"
+            )
         for name in ("beta1", "beta2", "beta3"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -289,8 +314,13 @@ class TrainConfig:
 
     @property
     def model_config(self) -> ModelConfig:
-        """The architecture named by ``model``."""
-        return MODEL_CONFIGS[self.model]
+        """The architecture named by ``model``, with ``grey`` as this config resolves it."""
+        return dataclasses.replace(MODEL_CONFIGS[self.model], grey=self.grey_images)
+
+    @property
+    def grey_images(self) -> bool:
+        """``grey``, or when it is ``None`` whether the data is MNIST (grey digits)."""
+        return self.grey if self.grey is not None else str(self.data) == "mnist"
 
     def datasets(self, data: str | None = None) -> tuple[Any, Any]:
         """The run's ``(train, test)`` datasets; ``data`` overrides ``self.data``.

@@ -2,16 +2,20 @@
 
 Encodes the test split of the run's data (or ``--data``), then writes into ``--out``:
 
-- ``reconstructions.png``, ``samples.png`` (decoded from the prior), ``fig4_variations.png``,
+- ``reconstructions.png``, ``samples.png`` (decoded from the prior), ``samples_gaussian.png``
+  and ``samples_gmm.png`` (decoded from the ex-post samplers), ``fig4_variations.png``,
   ``fig5_transitions.png``, ``fig6_joint_histogram.png``, ``latent_histograms.png``,
   ``collapse.png``;
 - ``metrics.json``: reconstruction quality (L1, PSNR, SSIM), collapse metrics (active units,
   per-dim KL, posterior sigma, KL_G, KL_I), the bimodal-coordinate count, on the embedded
-  dataset a linear probe of the generative factors, and sample quality: FID, KID and
-  precision/recall of prior samples and of reconstructions against the test split, in the
-  features of a network trained on the training split (:mod:`mixelbo_reference.features`;
-  Inception-v3 with ``--feature-extractor-weights-path``), see
-  :mod:`mixelbo_reference.sample_quality`;
+  dataset a linear probe of the generative factors, the ex-post samplers' fit
+  (``ex_post_samplers``), and sample quality: FID, KID and precision/recall of generated
+  samples (``sample_quality.by_sampler``: from N(0, I) and from the ex-post Gaussian and
+  10-component Gaussian mixture fitted to the posterior means of the training images; the
+  prior's also as ``sample_quality.sets.prior``) and of reconstructions against the test
+  split, in the features of a network trained on the training split
+  (:mod:`mixelbo_reference.features`; Inception-v3 with ``--feature-extractor-weights-path``),
+  see :mod:`mixelbo_reference.sample_quality`;
 - ``report.md`` (figures as relative links) and a self-contained ``report.html``.
 
 Example::
@@ -66,17 +70,23 @@ from mixelbo_reference.report import (
     write_report,
 )
 from mixelbo_reference.sample_quality import (
+    GMM_COMPONENTS,
     KID_SUBSET_SIZE,
     PR_K,
+    PRIOR_SAMPLERS,
+    SAMPLER_LABELS,
     InceptionFeatures,
     ProjectFeatures,
     compare_sets,
+    fit_ex_post_samplers,
+    latent_samples,
     single_thread,
 )
 
 __all__ = [
     "CIRCULAR_FACTORS",
     "FID_BIAS_NOTE",
+    "SAMPLER_FIT_IMAGES",
     "SAMPLE_SETS",
     "build_parser",
     "evaluate",
@@ -88,6 +98,9 @@ __all__ = [
 SAMPLE_SETS = ("prior", "reconstruction", "train")
 """The image sets compared with the test split: prior samples, reconstructions of the test
 images, and training images (the value real images get at the same count)."""
+SAMPLER_FIT_IMAGES = 10_000
+"""Training images whose posterior means the ex-post samplers are fitted to at most (all of
+the MNIST split's 4000)."""
 FID_BIAS_NOTE = (
     "FID is biased upward at small sample counts (its plug-in covariances), so FIDs compare "
     "only at equal counts; the training-image row is the value real images get at this count. "
@@ -172,6 +185,7 @@ def _sample_quality(
     test_features: Tensor,
     reconstruction_features: Tensor,
     *,
+    samplers: dict[str, nn.Module],
     sample_images: int,
     kid_subset_size: int,
     batch_size: int,
@@ -179,19 +193,24 @@ def _sample_quality(
     device: torch.device,
     progress: bool,
 ) -> dict[str, Any]:
-    """FID, KID and precision/recall of each of :data:`SAMPLE_SETS` against the test split."""
+    """FID, KID and precision/recall against the test split of each of :data:`SAMPLE_SETS`
+    (``sets``) and of the samples of each of :data:`PRIOR_SAMPLERS` there is a sampler for
+    (``by_sampler``; ``prior`` in both)."""
     latent_dim = int(vae.latent_dim)
-    prior = torch.Generator().manual_seed(seed + 2)
-    prior_features = []
-    for start in tqdm(
-        range(0, sample_images, batch_size),
-        desc="prior samples",
-        unit="batch",
-        disable=not progress,
-    ):
-        rows = min(batch_size, sample_images - start)
-        z = torch.randn(rows, latent_dim, generator=prior).to(device)
-        prior_features.append(extractor(vae.decode(z).float()).double().cpu())
+    sampled: dict[str, Tensor] = {}
+    for name in [n for n in PRIOR_SAMPLERS if n == "prior" or n in samplers]:
+        generator = torch.Generator().manual_seed(seed + 2)  # the same stream for each
+        features = []
+        for start in tqdm(
+            range(0, sample_images, batch_size),
+            desc=f"{name} samples",
+            unit="batch",
+            disable=not progress,
+        ):
+            rows = min(batch_size, sample_images - start)
+            z = latent_samples(name, samplers, rows, latent_dim, generator).to(device)
+            features.append(extractor(vae.decode(z).float()).double().cpu())
+        sampled[name] = torch.cat(features)
     reference = min(sample_images, len(train))
     train_features = [
         extractor(batch.to(device)).double().cpu()
@@ -204,20 +223,90 @@ def _sample_quality(
         )
     ]
     fakes = {
-        "prior": torch.cat(prior_features),
+        **sampled,
         "reconstruction": reconstruction_features,
         "train": torch.cat(train_features),
     }
-    sets = {
+    scores = {
         name: compare_sets(test_features, fakes[name], kid_subset_size=kid_subset_size, seed=seed)
-        for name in tqdm(SAMPLE_SETS, desc="FID, KID, precision/recall", disable=not progress)
+        for name in tqdm(fakes, desc="FID, KID, precision/recall", disable=not progress)
     }
     return {
         "test_images": len(test_features),
         "pr_k": PR_K,
         "note": FID_BIAS_NOTE,
-        "sets": sets,
+        "sets": {name: scores[name] for name in SAMPLE_SETS},
+        "by_sampler": {name: scores[name] for name in sampled},
     }
+
+
+def _training_codes(
+    vae: Any,
+    train: Any,
+    count: int,
+    *,
+    batch_size: int,
+    device: torch.device,
+    progress: bool,
+) -> Tensor:
+    """Posterior means of the first ``count`` training images: float64 ``(count, d)`` on CPU."""
+    return torch.cat(
+        [
+            vae.encode(batch.to(device))[0].double().cpu()
+            for batch in tqdm(
+                iter_images(train, count, batch_size=batch_size),
+                total=-(-count // batch_size),
+                desc="encode training images",
+                unit="batch",
+                disable=not progress,
+            )
+        ]
+    )
+
+
+def _fit_samplers(
+    vae: Any,
+    train: Any,
+    fit_images: int,
+    *,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    progress: bool,
+) -> tuple[dict[str, nn.Module], dict[str, Any]]:
+    """The ex-post samplers fitted to posterior means of training images, and their record
+    for ``metrics.json`` (``{}`` and the reason in ``skipped`` when they cannot be fitted)."""
+    count = min(fit_images, len(train))
+    record: dict[str, Any] = {"skipped": None, "fit_images": count, "seed": seed}
+    if count < GMM_COMPONENTS:
+        record["skipped"] = (
+            f"{count} training images; the {GMM_COMPONENTS}-component mixture needs at least "
+            f"{GMM_COMPONENTS}"
+        )
+        return {}, record
+    started = time.perf_counter()
+    codes = _training_codes(
+        vae, train, count, batch_size=batch_size, device=device, progress=progress
+    )
+    encoded = time.perf_counter()
+    try:
+        samplers = fit_ex_post_samplers(codes, seed=seed)
+    except ValueError as error:  # e.g. non-finite posterior means of a diverged run
+        record["skipped"] = str(error)
+        return {}, record
+    gmm = samplers["gmm"]
+    record.update(
+        {
+            "gmm_components": GMM_COMPONENTS,
+            "gmm_converged": gmm.converged,
+            "gmm_iterations": gmm.n_iter,
+            "gmm_log_likelihood": float(gmm.log_likelihood),
+            "gaussian_log_likelihood": float(samplers["gaussian"].log_prob(codes).mean()),
+            "encode_seconds": round(encoded - started, 3),
+            "fit_seconds": round(time.perf_counter() - encoded, 3),
+        }
+    )
+    return samplers, record
 
 
 @torch.no_grad()
@@ -241,6 +330,7 @@ def evaluate(
     feature_extractor_weights_path: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     feature_net_steps: int = TRAIN_STEPS,
+    sampler_fit_images: int = SAMPLER_FIT_IMAGES,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a run (or one checkpoint) and write its report folder.
@@ -269,6 +359,8 @@ def evaluate(
             ``$MIXELBO_CACHE``, else ``~/.cache/mixelbo``).
         feature_net_steps: training steps of the feature network when it is not cached yet
             (a non-default count is part of the cache key).
+        sampler_fit_images: training images (the first ones of the whole training split)
+            whose posterior means the ex-post samplers are fitted to, at most.
         progress: show tqdm progress bars.
 
     Returns:
@@ -286,6 +378,7 @@ def evaluate(
         ("pairs", pairs, 1),
         ("kid_subset_size", kid_subset_size, 2),
         ("feature_net_steps", feature_net_steps, 1),
+        ("sampler_fit_images", sampler_fit_images, GMM_COMPONENTS),
     ):
         if value < minimum:
             raise ValueError(f"{name} must be >= {minimum}; got {value}")
@@ -356,6 +449,17 @@ def evaluate(
     bar.close()
     mu, logvar, z = torch.cat(mus), torch.cat(logvars), torch.cat(zs)
 
+    # ---- ex-post samplers: fitted to the posterior means of training images
+    samplers, ex_post = _fit_samplers(
+        vae,
+        train,
+        sampler_fit_images,
+        batch_size=batch_size,
+        seed=seed,
+        device=torch_device,
+        progress=progress,
+    )
+
     # ---- sample quality: prior samples, reconstructions and training images vs the test split
     quality: dict[str, Any] = {"skipped": skipped, "feature_network": feature_network}
     if extractor is not None:
@@ -367,6 +471,7 @@ def evaluate(
                 train,
                 torch.cat(test_features),
                 torch.cat(reconstruction_features),
+                samplers=samplers,
                 sample_images=count if sample_images is None else sample_images,
                 kid_subset_size=kid_subset_size,
                 batch_size=batch_size,
@@ -452,6 +557,17 @@ def evaluate(
         out_dir / "samples.png",
         title="Samples decoded from the prior z ~ N(0, I)",
     )
+    for name, sampler_label in SAMPLER_LABELS.items():
+        if name in samplers:  # the same 6 x 8 grid from each ex-post sampler
+            z_grid = latent_samples(
+                name, samplers, 48, latent_dim, torch.Generator().manual_seed(seed)
+            )
+            decoded = vae.decode(z_grid.to(torch_device))
+            figures.save_image_grid(
+                decoded.reshape(6, 8, *decoded.shape[1:]),
+                out_dir / f"samples_{name}.png",
+                title=f"Samples decoded from the {sampler_label}",
+            )
     steps = figures.FIG4_STEPS
     labels = [f"{k:+g}σ" if k else "μ" for k in steps]
     variations = figures.variation_grid(
@@ -513,6 +629,7 @@ def evaluate(
         "collapse": collapse,
         "bimodality": bimodality,
         "probe": probe,
+        "ex_post_samplers": ex_post,
         "sample_quality": quality,
         "figures": {
             "fig4_dims": dims4,
@@ -568,6 +685,7 @@ def report_blocks(metrics: dict[str, Any]) -> list[Any]:
         Table(["L1", "PSNR (dB)", "SSIM"], [[rec["l1"], rec["psnr_db"], rec["ssim"]]]),
         Figure("reconstructions.png", "Test images (top) and reconstructions (bottom)."),
         Figure("samples.png", "Images decoded from z ~ N(0, I)."),
+        *ex_post_blocks(metrics.get("ex_post_samplers")),
         *sample_quality_blocks(metrics.get("sample_quality")),
         Heading("Posterior collapse (test split)"),
         Paragraph(
@@ -669,6 +787,27 @@ def _feature_network_text(network: dict[str, Any]) -> str:
     return text
 
 
+def ex_post_blocks(ex_post: dict[str, Any] | None) -> list[Any]:
+    """The report's figures of the ex-post samplers (empty for metrics written before them)."""
+    if ex_post is None:
+        return []
+    if ex_post["skipped"] is not None:
+        return [Paragraph(f"Ex-post samplers not fitted: {ex_post['skipped']}.")]
+    converged = "converged" if ex_post["gmm_converged"] else "did not converge"
+    return [
+        Paragraph(
+            "Ex-post samplers (Ghosh et al. 2020): a full-covariance Gaussian and a "
+            f"{ex_post['gmm_components']}-component full-covariance Gaussian mixture fitted to "
+            f"the posterior means of {ex_post['fit_images']} training images (mixelbo's "
+            "GaussianSampler and GaussianMixtureSampler; the mixture's EM "
+            f"{converged} in {ex_post['gmm_iterations']} steps, {ex_post['fit_seconds']} s for "
+            "both fits); their samples are decoded like the prior's."
+        ),
+        Figure("samples_gaussian.png", f"Images decoded from the {SAMPLER_LABELS['gaussian']}."),
+        Figure("samples_gmm.png", f"Images decoded from the {SAMPLER_LABELS['gmm']}."),
+    ]
+
+
 def sample_quality_blocks(quality: dict[str, Any] | None) -> list[Any]:
     """The report's sample-quality section (empty for metrics written before it existed)."""
     if quality is None:
@@ -678,10 +817,12 @@ def sample_quality_blocks(quality: dict[str, Any] | None) -> list[Any]:
         return [*blocks, Paragraph(f"FID, KID and precision/recall skipped: {quality['skipped']}.")]
     sets = quality["sets"]
     labels = {
-        "prior": "prior samples, z ~ N(0, I)",
+        **SAMPLER_LABELS,
         "reconstruction": "reconstructions of the test images",
         "train": "training images (real-data reference)",
     }
+    # one row per sampler (the prior's only, in metrics written before the ex-post samplers)
+    rows = {**quality.get("by_sampler", {"prior": sets["prior"]}), **sets}
     kid = sets["prior"]
     blocks += [
         Paragraph(
@@ -704,7 +845,7 @@ def sample_quality_blocks(quality: dict[str, Any] | None) -> list[Any]:
                     row["precision"],
                     row["recall"],
                 ]
-                for name, row in sets.items()
+                for name, row in rows.items()
             ],
         ),
     ]
@@ -787,6 +928,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=TRAIN_STEPS,
         help="training steps of the feature network when it is not cached yet",
     )
+    parser.add_argument(
+        "--sampler-fit-images",
+        type=int,
+        default=SAMPLER_FIT_IMAGES,
+        help="training images whose posterior means the ex-post samplers (full Gaussian, "
+        f"{GMM_COMPONENTS}-component GMM) are fitted to, at most",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser
 
@@ -814,6 +962,7 @@ def main(argv: list[str] | None = None) -> int:
             feature_extractor_weights_path=args.feature_extractor_weights_path,
             cache_dir=args.cache_dir,
             feature_net_steps=args.feature_net_steps,
+            sampler_fit_images=args.sampler_fit_images,
             progress=not args.no_progress,
         )
     except ValueError as error:
@@ -827,11 +976,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     quality = metrics["sample_quality"]
     if quality["skipped"] is None:
-        prior = quality["sets"]["prior"]
-        print(
-            f"prior samples: FID {prior['fid']:.3g}  KID {prior['kid_mean']:.3g}  "
-            f"precision {prior['precision']:.3f}  recall {prior['recall']:.3f}"
-        )
+        for name, row in quality["by_sampler"].items():
+            what = "prior samples" if name == "prior" else f"ex-post {name} samples"
+            print(
+                f"{what}: FID {row['fid']:.3g}  KID {row['kid_mean']:.3g}  "
+                f"precision {row['precision']:.3f}  recall {row['recall']:.3f}"
+            )
     else:
         print(f"sample quality skipped: {quality['skipped']}")
     print(f"report: {Path(metrics['report']).resolve()}")

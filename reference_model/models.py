@@ -58,6 +58,9 @@ class ModelConfig:
         disc_channels: hidden channels of the PatchGAN convolutions.
         disc_strides: strides of the PatchGAN convolutions (product 8: a map of H/8 x W/8).
         disc_dropout: dropout after each hidden PatchGAN block.
+        grey: the images are grey levels stored in every one of the ``in_chs`` channels (MNIST):
+            the decoder predicts one channel and repeats it, so decoded images have no colour
+            cast (independent channels drift apart and tint the samples).
     """
 
     image_size: int = 256
@@ -70,6 +73,7 @@ class ModelConfig:
     disc_channels: tuple[int, ...] = (128, 128, 128, 64, 64)
     disc_strides: tuple[int, ...] = (2, 2, 2, 1, 1)
     disc_dropout: float = 0.25
+    grey: bool = False
 
     def __post_init__(self) -> None:
         for name in ("image_size", "in_chs", "latent_dim", "width", "num_stages"):
@@ -226,11 +230,12 @@ class ResNetVAE(nn.Module):
             nn.Unflatten(1, (config.latent_chs, config.bottleneck_size, config.bottleneck_size)),
             create_conv2d(config.latent_chs, width, 3, bias=True),
         ]
+        image_chs = 1 if config.grey else config.in_chs
         for stage in range(config.num_stages):
-            out_chs = config.in_chs if stage == config.num_stages - 1 else width
+            out_chs = image_chs if stage == config.num_stages - 1 else width
             decoder += [PreActBlock(width) for _ in range(config.decoder_blocks)]
             decoder.append(PreActUpBlock(width, out_chs))
-        decoder.append(create_conv2d(config.in_chs, config.in_chs, 1, bias=True))
+        decoder.append(create_conv2d(image_chs, image_chs, 1, bias=True))
         self.decoder = nn.Sequential(*decoder)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -253,6 +258,8 @@ class ResNetVAE(nn.Module):
     def decode(self, z: Tensor) -> Tensor:
         """Decoded image ``x_hat`` for latents ``z`` of shape ``(B, latent_dim)``."""
         decoded: Tensor = self.decoder(self.decoder_input(z))
+        if self.config.grey:  # one grey channel, the same in every image channel
+            return decoded.repeat(1, self.config.in_chs, 1, 1)
         return decoded
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

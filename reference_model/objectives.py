@@ -265,6 +265,7 @@ def build_objective(config: TrainConfig, discriminator: nn.Module | None) -> nn.
     }
     overrides = {"beta1": config.beta1, "beta2": config.beta2, "beta3": config.beta3}
     overrides["variance"] = config.variance
+    options["covariance"] = config.covariance
     options |= {name: value for name, value in overrides.items() if value is not None}
     if adversarial is None:
         options["beta4"] = 0.0

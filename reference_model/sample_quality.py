@@ -20,6 +20,12 @@ The features are passed to torchmetrics through :class:`PrecomputedFeatures` (it
 module, the identity with a ``num_features`` attribute, so torchmetrics never probes it with a
 dummy image): no set goes through the network twice.
 
+Generated images come from latents of one of :data:`PRIOR_SAMPLERS`: the prior
+``N(0, I)``, or an ex-post sampler fitted to the posterior means of the training images
+(:func:`fit_ex_post_samplers`, :class:`mixelbo.GaussianSampler` and
+:class:`mixelbo.GaussianMixtureSampler`; Ghosh et al. 2020); :func:`latent_samples` draws
+from any of them.
+
 Example:
     >>> real, fake = torch.randn(500, 16), torch.randn(500, 16) + 0.5
     >>> scores = compare_sets(real, fake, kid_subset_size=100)
@@ -33,7 +39,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -43,20 +49,26 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
 
+from mixelbo import GaussianMixtureSampler, GaussianSampler
 from mixelbo_reference.data import to_unit_range
 from mixelbo_reference.features import FeatureNet
 
 __all__ = [
+    "GMM_COMPONENTS",
     "KID_SUBSETS",
     "KID_SUBSET_SIZE",
+    "PRIOR_SAMPLERS",
     "PR_K",
+    "SAMPLER_LABELS",
     "InceptionFeatures",
     "PrecomputedFeatures",
     "ProjectFeatures",
     "compare_sets",
     "extract_features",
+    "fit_ex_post_samplers",
     "frechet_distance",
     "kernel_distance",
+    "latent_samples",
     "precision_recall",
     "single_thread",
     "to_uint8",
@@ -69,6 +81,20 @@ KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
 """Images per KID subset (torchmetrics' default); :func:`compare_sets` caps it at half the
 smaller set."""
+PRIOR_SAMPLERS: tuple[str, ...] = ("prior", "gaussian", "gmm")
+"""Where generated latents come from: ``prior``, ``z ~ N(0, I)``; ``gaussian``, the ex-post
+full-covariance Gaussian (:class:`mixelbo.GaussianSampler`); ``gmm``, the ex-post
+:data:`GMM_COMPONENTS`-component full-covariance mixture
+(:class:`mixelbo.GaussianMixtureSampler`), both fitted to posterior means of training images
+by :func:`fit_ex_post_samplers`."""
+GMM_COMPONENTS = 10
+"""Components of the ex-post Gaussian mixture (Ghosh et al. 2020 use 10)."""
+SAMPLER_LABELS = {
+    "prior": "prior samples, z ~ N(0, I)",
+    "gaussian": "ex-post Gaussian, z ~ N(m, S) of the training codes",
+    "gmm": f"ex-post GMM, {GMM_COMPONENTS} full-covariance components",
+}
+"""What a report calls each of :data:`PRIOR_SAMPLERS`."""
 
 
 @contextmanager
@@ -391,3 +417,84 @@ def compare_sets(
         "precision": precision,
         "recall": recall,
     }
+
+
+def fit_ex_post_samplers(
+    codes: Tensor, *, seed: int = 0, n_components: int = GMM_COMPONENTS
+) -> dict[str, nn.Module]:
+    """The ex-post samplers of :data:`PRIOR_SAMPLERS`, fitted to ``codes``.
+
+    ``"gaussian"``: :class:`mixelbo.GaussianSampler`; ``"gmm"``: an ``n_components``
+    :class:`mixelbo.GaussianMixtureSampler` seeded with ``seed`` (``"prior"`` needs no fit).
+    Both are fitted in float64 on the codes' device, on one torch thread for CPU codes (as
+    :func:`compare_sets`: EM's small products only wait on each other with two threads on a
+    loaded machine).
+
+    Args:
+        codes: ``(N, d)`` posterior means of training images, ``N >= n_components``.
+        seed: Seed of the mixture's initialisation.
+        n_components: Components of the mixture.
+
+    Returns:
+        ``{"gaussian": ..., "gmm": ...}``, fitted, their buffers in float64.
+
+    Raises:
+        ValueError: On codes that are not a finite ``(N, d)`` tensor with enough rows.
+    """
+    codes = codes.detach().double()
+    with single_thread() if codes.device.type == "cpu" else nullcontext():
+        return {
+            "gaussian": GaussianSampler().fit(codes),
+            "gmm": GaussianMixtureSampler(n_components=n_components, seed=seed).fit(codes),
+        }
+
+
+def latent_samples(
+    name: str,
+    samplers: dict[str, nn.Module],
+    n: int,
+    latent_dim: int,
+    generator: torch.Generator,
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """``n`` latents from one of :data:`PRIOR_SAMPLERS`, on CPU in ``dtype``.
+
+    ``"prior"`` is ``torch.randn(n, latent_dim, generator=generator)`` (so the same generator
+    gives the same prior samples as before the ex-post samplers existed); the others draw from
+    ``samplers[name]`` (:func:`fit_ex_post_samplers`) with ``generator``. Consecutive calls
+    with one generator continue its stream, so drawing in batches is reproducible.
+
+    Args:
+        name: One of :data:`PRIOR_SAMPLERS`.
+        samplers: The fitted ex-post samplers (may be empty for ``"prior"``).
+        n: Number of latents.
+        latent_dim: Their width (checked against the sampler's).
+        generator: A CPU random generator.
+        dtype: Of the result (the decoder's; samplers fitted in float64 are cast).
+
+    Returns:
+        ``(n, latent_dim)``.
+
+    Raises:
+        ValueError: On an unknown ``name``, a missing sampler, or a sampler fitted to codes of
+            another width.
+    """
+    if name not in PRIOR_SAMPLERS:
+        raise ValueError(
+            f"name must be one of {', '.join(map(repr, PRIOR_SAMPLERS))}; got {name!r}"
+        )
+    if name == "prior":
+        return torch.randn(n, latent_dim, generator=generator).to(dtype)
+    if name not in samplers:
+        raise ValueError(
+            f"samplers has no {name!r} sampler (has {sorted(samplers)}); fit them with "
+            "fit_ex_post_samplers(codes)"
+        )
+    sampler: Any = samplers[name]  # a GaussianSampler or GaussianMixtureSampler
+    z: Tensor = sampler.sample(n, generator=generator)
+    if z.shape[1] != latent_dim:
+        raise ValueError(
+            f"the {name!r} sampler was fitted to {z.shape[1]}-d codes; got latent_dim {latent_dim}"
+        )
+    return z.to("cpu", dtype)

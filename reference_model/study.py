@@ -38,6 +38,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -90,6 +91,7 @@ class Budget:
         max_images: cap of the validation / test images scored per run (``None``: all).
         feature_steps: steps of the feature network if it has to be trained (``None``: the
             default of :mod:`mixelbo_reference.features`, the one ``mixelbo-eval`` caches).
+        gan_stage: train the best point of each family again with the PatchGAN term.
     """
 
     model: str
@@ -99,15 +101,25 @@ class Budget:
     procedural_size: int
     max_images: int | None = None
     feature_steps: int | None = None
+    gan_stage: bool = False
 
 
 BUDGETS: dict[str, Budget] = {
-    # 90 runs of cpu-32, the demo's model (two datasets x (12 points + 3 with GAN) x 3 seeds),
-    # at about half the demo's steps: tiny-32 at 300 steps (this budget's first setting) did
-    # not learn (every point at the mean image's L1, FID within noise of each other).
-    "default": Budget("cpu-32", steps=800, batch_size=32, seeds=(0, 1, 2), procedural_size=2500),
-    # The demo's model and steps (cpu-32, 1500 steps; not timed here): for --device cuda.
-    "large": Budget("cpu-32", steps=1500, batch_size=32, seeds=(0, 1, 2), procedural_size=5000),
+    # Issue 21's scale: the demo's cpu-32 (grey on MNIST) at twice the demo's steps, where
+    # the baselines' samples are mostly legible digits; 54 runs (18 points x 3 seeds), without
+    # the GAN stage. Measured on the 2-core VM: 6.5 min a run, two at a time, while other
+    # work shared the cores (docs/results.md).
+    "default": Budget("cpu-32", steps=3000, batch_size=32, seeds=(0, 1, 2), procedural_size=2500),
+    # Issue 11's budget (docs/results.md, "the objective study"): 800 steps, with the GAN
+    # stage; every objective's samples are scribbles at this size.
+    "small": Budget(
+        "cpu-32", steps=800, batch_size=32, seeds=(0, 1, 2), procedural_size=2500, gan_stage=True
+    ),
+    # The demo's model and steps with the GAN stage and more procedural images: for --device
+    # cuda.
+    "large": Budget(
+        "cpu-32", steps=1500, batch_size=32, seeds=(0, 1, 2), procedural_size=5000, gan_stage=True
+    ),
     # For tests: seconds.
     "smoke": Budget(
         "tiny-32",
@@ -117,11 +129,14 @@ BUDGETS: dict[str, Budget] = {
         procedural_size=120,
         max_images=24,
         feature_steps=2,
+        gan_stage=True,
     ),
 }
 
 DATASETS: tuple[str, ...] = ("mnist", "procedural")
 """``mnist`` (``--data mnist``) and ``procedural`` (the embedded dataset)."""
+DEFAULT_DATASETS: tuple[str, ...] = ("mnist",)
+"""What ``mixelbo-study`` trains without ``--datasets``."""
 
 MNIST_HOLDOUT = 500
 """Validation digits held out of MNIST's 4000 training digits."""
@@ -134,6 +149,11 @@ KID_SUBSETS = 10
 and 100 subsets of 1000 images cost about as much as training a default-budget run)."""
 PRIOR_SEED_OFFSET = 7919
 """Added to a run's seed for its prior samples (kept apart from its training RNG)."""
+EX_POST_SAMPLERS: tuple[str, ...] = ("gaussian", "gmm")
+"""The ex-post samplers every run is also scored with (fitted to the posterior means of its
+training split): :class:`mixelbo.GaussianSampler` and a 10-component
+:class:`mixelbo.GaussianMixtureSampler`; ``prior`` is N(0, I)."""
+SAMPLERS: tuple[str, ...] = ("prior", *EX_POST_SAMPLERS)
 
 
 @dataclass(frozen=True)
@@ -155,41 +175,65 @@ class Point:
         return Point(self.family, self.label, self.settings, gan=True)
 
 
-FAMILIES: tuple[str, ...] = ("beta-vae", "eq22", "wae-mmd")
+FAMILIES: tuple[str, ...] = ("beta-vae", "wae-mmd", "eq22", "eq22-full")
+"""``eq22``: :meth:`mixelbo.RegularizedELBO.recommended` with eq. 19's diagonal KL_G;
+``eq22-full``: the same with the full-covariance KL_G (``covariance="full"``)."""
+
+BETAS: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0)
+"""KL weights of the beta-VAE family (1: the VAE)."""
+MMD_WEIGHTS: tuple[float, ...] = (10.0, 100.0, 1000.0, 10000.0)
+"""MMD weights of the WAE-MMD family."""
+EQ22_WEIGHTS: tuple[tuple[float, float], ...] = (
+    (500.0, 0.1),
+    (1000.0, 0.1),
+    (2000.0, 0.1),
+    (5000.0, 0.1),
+    (2000.0, 1.0),
+)
+"""``(beta3, beta2)`` of the eq. 22 families: the L1 weight against KL_G (5000 with KL_I 0.1
+is the recommended preset) and, at 2000, a ten times stronger KL_I. At 1000 the first seed
+already reconstructed better than the VAE (test L1 0.046 against 0.049), hence 500."""
+
+
+def _eq22_label(covariance: str, beta3: float, beta2: float) -> str:
+    base = "eq22-full" if covariance == "full" else "eq22"
+    return f"{base}-r{beta3:g}" + ("" if beta2 == 0.1 else f"-i{beta2:g}")
 
 
 def sweep_points() -> list[Point]:
-    """The points trained without the adversarial term (12: 5 + 4 + 3).
+    """The points trained without the adversarial term (18: four per baseline family, five
+    per eq. 22 family).
 
-    The eq. 22 family covers the three KL_G estimators: ``mixture-sample``,
-    ``mixture-mixture`` (the recommended configuration) and ``authors-code``, which is the
-    recommended configuration with the ``"means"`` estimator (the same objective, so it is
-    not trained twice)."""
+    Each family is swept along its own strength: the KL weight of the beta-VAE, the MMD
+    weight of WAE-MMD, and for eq. 22 (diagonal and full-covariance KL_G) the L1 weight
+    against KL_G and KL_I's weight (:data:`EQ22_WEIGHTS`); every other weight is the
+    recommended preset's."""
     points = [
         Point(
             "beta-vae",
             "vae" if beta == 1 else f"beta-vae-{beta:g}",
             (("objective", "vae"),) if beta == 1 else (("objective", "beta-vae"), ("beta", beta)),
         )
-        for beta in (0.1, 0.3, 1.0, 3.0, 10.0)
-    ]
-    points += [
-        Point("eq22", "paper", (("objective", "paper"),)),
-        Point("eq22", "authors-code", (("objective", "authors-code"),)),
-    ]
-    # the recommended objective with each KL_G estimator; "means" is the authors-code preset
-    points += [
-        Point(
-            "eq22",
-            f"mixture-{variance}",
-            (("objective", "mixture"), ("variance", variance)),
-        )
-        for variance in ("sample", "mixture")
+        for beta in BETAS
     ]
     points += [
         Point("wae-mmd", f"wae-mmd-{weight:g}", (("objective", "wae-mmd"), ("mmd_weight", weight)))
-        for weight in (10.0, 100.0, 1000.0)
+        for weight in MMD_WEIGHTS
     ]
+    for covariance in ("diagonal", "full"):
+        points += [
+            Point(
+                "eq22" if covariance == "diagonal" else "eq22-full",
+                _eq22_label(covariance, beta3, beta2),
+                (
+                    ("objective", "mixture"),
+                    ("beta3", beta3),
+                    ("beta2", beta2),
+                    ("covariance", covariance),
+                ),
+            )
+            for beta3, beta2 in EQ22_WEIGHTS
+        ]
     return points
 
 
@@ -235,7 +279,8 @@ class _Scorer:
     """The metrics of trained runs on one dataset's validation and test splits.
 
     The real images' features are extracted once per split; each run adds its reconstructions
-    and as many prior samples as split images.
+    and, for N(0, I) and each ex-post sampler (fitted to the posterior means of the run's
+    training split), as many samples as split images.
     """
 
     def __init__(self, config: Any, budget: Budget, progress: bool) -> None:
@@ -254,6 +299,8 @@ class _Scorer:
         self.extractor = ProjectFeatures(net)
         self.images: dict[str, Tensor] = {}
         self.features: dict[str, Tensor] = {}
+        fitting, _ = config.datasets()  # the training split without the validation images
+        self.train_images = torch.cat(list(iter_images(fitting, len(fitting), batch_size=250)))
         for split, dataset in (("validation", config.validation_dataset()), ("test", test)):
             count = (
                 len(dataset) if budget.max_images is None else min(budget.max_images, len(dataset))
@@ -262,43 +309,64 @@ class _Scorer:
             self.features[split] = extract_features(self.extractor, self.images[split].split(250))
 
     @torch.no_grad()
-    def score(self, run_dir: Path, split: str, seed: int) -> dict[str, Any]:
+    def score(self, run_dir: Path, seed: int) -> dict[str, Any]:
+        """``{"validation": ..., "test": ...}``: each split's L1, reconstruction FID, active
+        units and, under ``"samplers"``, the sample scores of every name in :data:`SAMPLERS`
+        (``"prior"`` is also kept as the split's ``"prior"``)."""
         from mixelbo import functional as F
         from mixelbo_reference.checkpoint import load_run
         from mixelbo_reference.metrics import l1_error
         from mixelbo_reference.sample_quality import (
             compare_sets,
             extract_features,
+            fit_ex_post_samplers,
             frechet_distance,
+            latent_samples,
         )
 
         vae, _, _ = load_run(run_dir)
-        images = self.images[split]
-        mus, l1s, reconstructions = [], [], []
-        for x in images.split(250):
-            mu, _ = vae.encode(x)
-            x_hat = vae.decode(mu).float()
-            mus.append(mu.double())
-            l1s.append(l1_error(x, x_hat))
-            reconstructions.append(x_hat)
-        generator = torch.Generator().manual_seed(seed + PRIOR_SEED_OFFSET)
-        z = torch.randn(len(images), int(vae.latent_dim), generator=generator)
-        prior = extract_features(self.extractor, (vae.decode(c).float() for c in z.split(250)))
-        recon = extract_features(self.extractor, reconstructions)
-        if not (prior.isfinite().all() and recon.isfinite().all()):
-            raise NonFiniteSamplesError(f"{run_dir.name}: non-finite decoded images ({split})")
-        mu = torch.cat(mus)
-        active = int(F.active_units(mu))
-        prior_scores = compare_sets(self.features[split], prior, kid_subsets=KID_SUBSETS, seed=seed)
-        return {
-            "images": len(images),
-            "l1": float(torch.cat(l1s).mean()),
-            "prior": prior_scores,
-            "reconstruction_fid": frechet_distance(self.features[split], recon),
-            "active_units": active,
-            "latent_dim": int(vae.latent_dim),
-            "collapsed": active < int(vae.latent_dim) / 2,
-        }
+        latent_dim = int(vae.latent_dim)
+        codes = torch.cat([vae.encode(x)[0] for x in self.train_images.split(250)])
+        if not codes.isfinite().all():
+            raise NonFiniteSamplesError(f"{run_dir.name}: non-finite posterior means")
+        samplers = fit_ex_post_samplers(codes.double(), seed=seed)
+        record: dict[str, Any] = {}
+        for split, images in self.images.items():
+            mus, l1s, reconstructions = [], [], []
+            for x in images.split(250):
+                mu, _ = vae.encode(x)
+                x_hat = vae.decode(mu).float()
+                mus.append(mu.double())
+                l1s.append(l1_error(x, x_hat))
+                reconstructions.append(x_hat)
+            recon = extract_features(self.extractor, reconstructions)
+            scores: dict[str, Any] = {}
+            for name in SAMPLERS:
+                generator = torch.Generator().manual_seed(seed + PRIOR_SEED_OFFSET)
+                z = latent_samples(name, samplers, len(images), latent_dim, generator)
+                decoded = (vae.decode(c.float()).float() for c in z.split(250))
+                samples = extract_features(self.extractor, decoded)
+                if not samples.isfinite().all():
+                    raise NonFiniteSamplesError(
+                        f"{run_dir.name}: non-finite decoded images ({split}, {name})"
+                    )
+                scores[name] = compare_sets(
+                    self.features[split], samples, kid_subsets=KID_SUBSETS, seed=seed
+                )
+            if not recon.isfinite().all():
+                raise NonFiniteSamplesError(f"{run_dir.name}: non-finite reconstructions ({split})")
+            active = int(F.active_units(torch.cat(mus)))
+            record[split] = {
+                "images": len(images),
+                "l1": float(torch.cat(l1s).mean()),
+                "prior": scores["prior"],
+                "samplers": scores,
+                "reconstruction_fid": frechet_distance(self.features[split], recon),
+                "active_units": active,
+                "latent_dim": latent_dim,
+                "collapsed": active < latent_dim / 2,
+            }
+        return record
 
 
 def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
@@ -308,23 +376,37 @@ def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
 
 
-def _metric(score: dict[str, Any], key: str) -> float:
-    return float(score["prior"][key] if key in score["prior"] else score[key])
+SAMPLE_METRICS: tuple[str, ...] = ("fid", "kid_mean", "precision", "recall")
+"""The sample scores summarised per sampler."""
+
+
+def _metric(score: dict[str, Any], key: str, sampler: str = "prior") -> float:
+    if key not in SAMPLE_METRICS:
+        return float(score[key])
+    scores = score.get("samplers", {"prior": score["prior"]}).get(sampler)
+    return float(scores[key]) if scores is not None else math.nan
 
 
 def _summary(point: Point, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and sd over the seeds of a point, per split and metric.
 
-    Failed runs (a non-finite loss or non-finite samples) are counted in ``failed`` and left
-    out of the means; a point whose runs all failed has NaN means (and is never chosen).
+    ``SPLIT_METRIC`` keys hold N(0, I)'s sample scores (and the reconstruction metrics),
+    ``SPLIT_SAMPLER_METRIC`` those of every sampler of :data:`SAMPLERS`. Failed runs (a
+    non-finite loss or non-finite samples) are counted in ``failed`` and left out of the means;
+    a point whose runs all failed has NaN means (and is never chosen).
     """
     out: dict[str, Any] = {"family": point.family, "label": point.label, "gan": point.gan}
     scores = [s for s in runs if "failed" not in s]
     out["seeds"] = len(runs)
     out["failed"] = len(runs) - len(scores)
     for split in ("validation", "test"):
-        for key in ("l1", "fid", "kid_mean", "precision", "recall", "active_units"):
+        for key in ("l1", *SAMPLE_METRICS, "active_units"):
             out[f"{split}_{key}"] = _mean_sd([_metric(s[split], key) for s in scores])
+        for sampler in SAMPLERS:
+            for key in SAMPLE_METRICS:
+                out[f"{split}_{sampler}_{key}"] = _mean_sd(
+                    [_metric(s[split], key, sampler) for s in scores]
+                )
         out[f"{split}_reconstruction_fid"] = _mean_sd(
             [float(s[split]["reconstruction_fid"]) for s in scores]
         )
@@ -333,13 +415,83 @@ def _summary(point: Point, runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _best(points: list[dict[str, Any]], family: str) -> dict[str, Any]:
-    """The point of ``family`` with the lowest mean validation prior-sample FID."""
+def _best(points: list[dict[str, Any]], family: str, sampler: str = "prior") -> dict[str, Any]:
+    """The point of ``family`` with the lowest mean validation FID of ``sampler``'s samples."""
     candidates = [p for p in points if p["family"] == family and not p["gan"]]
-    return min(
-        candidates,
-        key=lambda p: (not math.isfinite(p["validation_fid"][0]), p["validation_fid"][0]),
-    )
+    key = f"validation_{sampler}_fid"
+    return min(candidates, key=lambda p: (not math.isfinite(p[key][0]), p[key][0]))
+
+
+def _frontier(points: list[dict[str, Any]], x_key: str, y_key: str) -> list[dict[str, Any]]:
+    """The points no other point beats on both means (lower L1 and lower FID), by L1."""
+    rows = [p for p in points if math.isfinite(p[x_key][0]) and math.isfinite(p[y_key][0])]
+    rows.sort(key=lambda p: (p[x_key][0], p[y_key][0]))
+    frontier: list[dict[str, Any]] = []
+    for row in rows:
+        if not frontier or row[y_key][0] < frontier[-1][y_key][0]:
+            frontier.append(row)
+    return frontier
+
+
+def at_l1(
+    points: list[dict[str, Any]], family: str, split: str, sampler: str, l1: float
+) -> dict[str, Any]:
+    """``sampler``'s FID of ``family`` at reconstruction error ``l1``, on ``split``.
+
+    Linear interpolation between the two neighbours (by L1) on the family's frontier of mean L1
+    against mean FID (points beaten on both are left out); the sd is interpolated alike. When
+    every frontier point reconstructs better than ``l1``, the frontier's last point (its lowest
+    FID) is an upper bound (``"bound": "upper"``: the family reaches that FID at a lower L1,
+    and the frontier's FID only falls as L1 grows); NaN when ``l1`` is below the frontier.
+
+    Returns:
+        ``{"fid": (mean, sd), "between": [label, label] or None, "l1_range": [lo, hi],
+        "bound": None or "upper"}``.
+    """
+    x_key, y_key = f"{split}_l1", f"{split}_{sampler}_fid"
+    rows = [p for p in points if p["family"] == family and not p["gan"]]
+    frontier = _frontier(rows, x_key, y_key)
+    result: dict[str, Any] = {
+        "fid": (math.nan, math.nan), "between": None, "l1_range": None, "bound": None,
+    }  # fmt: skip
+    if not frontier or not math.isfinite(l1):
+        return result
+    result["l1_range"] = [frontier[0][x_key][0], frontier[-1][x_key][0]]
+    if l1 > frontier[-1][x_key][0]:
+        last = frontier[-1]
+        return result | {"fid": last[y_key], "between": [last["label"]], "bound": "upper"}
+    pairs = list(itertools.pairwise(frontier)) or [(frontier[0], frontier[0])]
+    for low, high in pairs:
+        x0, x1 = low[x_key][0], high[x_key][0]
+        if x0 <= l1 <= x1:
+            t = 0.0 if x1 == x0 else (l1 - x0) / (x1 - x0)
+            mean = (1 - t) * low[y_key][0] + t * high[y_key][0]
+            sd = (1 - t) * low[y_key][1] + t * high[y_key][1]
+            return result | {"fid": (mean, sd), "between": [low["label"], high["label"]]}
+    return result
+
+
+def _headlines(points: list[dict[str, Any]], families: Sequence[str]) -> dict[str, Any]:
+    """Per family: its FID at the VAE's L1 with N(0, I) and with its best ex-post sampler
+    (chosen on the validation split at the VAE's validation L1), both reported on test."""
+    vae = next((p for p in points if p["label"] == "vae" and not p["gan"]), None)
+    if vae is None:  # the beta-VAE family is not in the study
+        return {}
+    target = {split: vae[f"{split}_l1"][0] for split in ("validation", "test")}
+    out: dict[str, Any] = {"vae_l1": target}
+    for family in families:
+        validation = {
+            s: at_l1(points, family, "validation", s, target["validation"])["fid"][0]
+            for s in EX_POST_SAMPLERS
+        }
+        finite = [s for s in EX_POST_SAMPLERS if math.isfinite(validation[s])]
+        best = min(finite, key=validation.__getitem__) if finite else EX_POST_SAMPLERS[-1]
+        out[family] = {
+            "prior": at_l1(points, family, "test", "prior", target["test"]),
+            "ex_post_sampler": best,
+            "ex_post": at_l1(points, family, "test", best, target["test"]),
+        }
+    return out
 
 
 def _run_points(
@@ -351,27 +503,31 @@ def _run_points(
     timing: dict[str, float],
     progress: bool,
     device: str,
+    shard: tuple[int, int] = (0, 1),
+    train: bool = True,
 ) -> list[dict[str, Any]]:
-    """Train and score every (point, seed) not done yet; the per-point summaries."""
-    jobs = [(p, s) for p in points for s in budget.seeds]
+    """Train and score every (point, seed) not done yet whose index is ``k`` modulo ``n`` for
+    ``shard = (k, n)``; the summaries of the points whose seeds are all scored (``train=False``:
+    train nothing and summarise every point with a scored seed)."""
+    jobs = [(p, s) for s in budget.seeds for p in points]  # every point's first seed first
+    index, count = shard
     summaries = []
     bar = tqdm(total=len(jobs), desc=f"study {dataset}", unit="run", disable=not progress)
-    for point in points:
-        scores = []
-        for seed in budget.seeds:
-            name = f"{point.name}-s{seed}"
-            run_dir = root / "runs" / name
-            score_path = root / "scores" / f"{name}.json"
-            config = _config(dataset, budget, point, seed, run_dir, device)
-            saved = _read_json(score_path)
-            if saved is None:
-                saved = _train_and_score(config, budget, name, scorer, timing, progress)
-                score_path.parent.mkdir(parents=True, exist_ok=True)
-                write_json(saved, score_path)
-            scores.append(saved)
-            bar.update()
-        summaries.append(_summary(point, scores))
+    for position, (point, seed) in enumerate(jobs):
+        name = f"{point.name}-s{seed}"
+        score_path = root / "scores" / f"{name}.json"
+        if train and position % count == index and not score_path.is_file():
+            config = _config(dataset, budget, point, seed, root / "runs" / name, device)
+            saved = _train_and_score(config, budget, name, scorer, timing, progress)
+            score_path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(saved, score_path)
+        bar.update()
     bar.close()
+    for point in points:
+        paths = [root / "scores" / f"{point.name}-s{seed}.json" for seed in budget.seeds]
+        scores = [score for score in map(_read_json, paths) if score is not None]
+        if len(scores) == len(paths) or (not train and scores):
+            summaries.append(_summary(point, scores))
     return summaries
 
 
@@ -402,8 +558,7 @@ def _train_and_score(
         )
     started = time.perf_counter()
     try:
-        for split in ("validation", "test"):
-            record[split] = scorer[0].score(Path(config.run_dir), split, config.seed)
+        record |= scorer[0].score(Path(config.run_dir), config.seed)
     except NonFiniteSamplesError as error:
         return {"run": name, "seed": config.seed, "failed": str(error)}
     finally:
@@ -457,19 +612,21 @@ def study(
     out: str | os.PathLike[str],
     *,
     budget: str = "default",
-    datasets: Sequence[str] = DATASETS,
+    datasets: Sequence[str] = DEFAULT_DATASETS,
     families: Sequence[str] = FAMILIES,
     device: str = "cpu",
     progress: bool = True,
     report: bool = True,
     elapsed: float = 0.0,
     jobs: int = 1,
+    shard: tuple[int, int] = (0, 1),
+    stage: str = "all",
 ) -> dict[str, Any]:
     """Run (or finish) the study and write ``study.{md,html,json}`` into ``out``.
 
     Args:
         out: output folder (the runs go to ``OUT/DATASET/runs/``).
-        budget: ``default``, ``large`` or ``smoke`` (:data:`BUDGETS`).
+        budget: ``default``, ``small``, ``large`` or ``smoke`` (:data:`BUDGETS`).
         datasets: a subset of :data:`DATASETS`.
         families: a subset of :data:`FAMILIES`.
         device: training device (``cpu``, ``cuda``, ``auto``; the scoring runs on the CPU).
@@ -478,7 +635,12 @@ def study(
             the workers of ``mixelbo-study --jobs``).
         elapsed: wall seconds already spent on this call's work elsewhere (the workers),
             added to the study's total.
-        jobs: how many worker processes trained the datasets in parallel (for the report).
+        jobs: how many worker processes trained the runs in parallel (for the report).
+        shard: ``(k, n)``: train only the runs whose index is ``k`` modulo ``n`` (a worker's
+            share); the others must be scored already for the GAN stage and the report.
+        stage: ``"all"``; ``"sweep"`` to stop after the points without the GAN term;
+            ``"report"`` to train nothing and report the runs scored so far (a study in
+            progress: its points' seeds are the scored ones).
 
     Returns:
         The study's summary (what ``study.json`` holds).
@@ -496,27 +658,43 @@ def study(
     started = time.perf_counter()
     timing = {"train_seconds": 0.0, "score_seconds": 0.0}
     results: dict[str, Any] = {}
+    by_label = {p.label: p for p in points}
     for dataset in datasets:
         folder = root / dataset
         scorer: list[_Scorer] = []
-        summaries = _run_points(dataset, plan, points, folder, scorer, timing, progress, device)
-        chosen = {family: _best(summaries, family) for family in families}
-        by_label = {p.label: p for p in points}
-        with_gan = [by_label[chosen[f]["label"]].with_gan() for f in families]
-        summaries += _run_points(dataset, plan, with_gan, folder, scorer, timing, progress, device)
+        train = stage != "report"
+        run = (dataset, plan, points, folder, scorer, timing, progress, device, shard, train)
+        summaries = _run_points(*run)
+        if stage == "sweep" or (train and len(summaries) < len(points)) or not summaries:
+            continue  # a worker's share: the other shards' runs are not scored yet
+        present = [f for f in families if any(p["family"] == f for p in summaries)]
+        chosen = {family: _best(summaries, family) for family in present}
+        with_gan = [by_label[chosen[f]["label"]].with_gan() for f in present]
+        if plan.gan_stage:
+            run = (dataset, plan, with_gan, folder, scorer, timing, progress, device, shard, train)
+            summaries += _run_points(*run)
         first = _first_score(folder)
         results[dataset] = {
             "holdout": _holdout(dataset, plan),
             "validation_images": first["validation"]["images"] if first else None,
             "test_images": first["test"]["images"] if first else None,
             "feature_network": _read_json(folder / "feature_network.json"),
-            "chosen": {family: chosen[family]["label"] for family in families},
+            "scored_runs": len(list((folder / "scores").glob("*.json"))),
+            "planned_runs": (len(points) + (len(with_gan) if plan.gan_stage else 0))
+            * len(plan.seeds),
+            "chosen": {family: chosen[family]["label"] for family in present},
+            "chosen_by_sampler": {
+                sampler: {family: _best(summaries, family, sampler)["label"] for family in present}
+                for sampler in SAMPLERS
+            },
+            "headline": _headlines(summaries, present),
             "points": summaries,
         }
         if report:  # the figures (a worker of --jobs leaves them to the merging call)
             _figures(root, dataset, summaries)
+            shown = [by_label[chosen[f]["label"]] for f in present]
             results[dataset]["samples_figure"] = _sample_grid(
-                root, dataset, [*(by_label[chosen[f]["label"]] for f in families), *with_gan], plan
+                root, dataset, [*shown, *(with_gan if plan.gan_stage else [])], plan
             )
     seconds = time.perf_counter() - started + elapsed
     previous = _read_json(root / "study.json") if report else None
@@ -542,58 +720,64 @@ def study(
 
 
 def _run_workers(args: argparse.Namespace, jobs: int) -> float:
-    """One ``mixelbo-study`` process per dataset, ``jobs`` at a time, each with
-    ``args.threads // jobs`` torch threads and its log in ``OUT/DATASET.log``; a progress
-    bar over the finished scores. The wall seconds they took."""
+    """``jobs`` ``mixelbo-study`` processes, each training every ``jobs``-th run of every
+    dataset with ``args.threads // jobs`` torch threads, its log in ``OUT/worker-K.log``: one
+    round for the sweep, and one for the GAN stage if the budget has it (its points are chosen
+    from the whole sweep); a progress bar over the finished scores. The wall seconds taken."""
     import subprocess
 
     threads = max(1, args.threads // jobs)
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
-    per_dataset = len(BUDGETS[args.budget].seeds) * (
-        len([p for p in sweep_points() if p.family in args.families]) + len(args.families)
+    plan = BUDGETS[args.budget]
+    per_dataset = len(plan.seeds) * (
+        len([p for p in sweep_points() if p.family in args.families])
+        + (len(args.families) if plan.gan_stage else 0)
     )
     started = time.perf_counter()
-    pending, running = list(args.datasets), []
     bar = tqdm(
         total=per_dataset * len(args.datasets), desc="study", unit="run",
         disable=args.no_progress,
     )  # fmt: skip
-    try:
-        while pending or running:
-            while pending and len(running) < jobs:
-                dataset = pending.pop(0)
+    for stage in ("sweep", "all") if plan.gan_stage else ("sweep",):
+        running = []
+        try:
+            for k in range(jobs):
                 command = [
                     sys.executable, "-m", "mixelbo_reference.study", "--out", args.out,
-                    "--budget", args.budget, "--datasets", dataset, "--families",
+                    "--budget", args.budget, "--datasets", *args.datasets, "--families",
                     *args.families, "--device", args.device, "--threads", str(threads),
-                    "--jobs", "1", "--no-progress", "--no-report",
+                    "--jobs", "1", "--no-progress", "--no-report", "--shard", f"{k}/{jobs}",
+                    "--stage", stage,
                 ]  # fmt: skip
-                log = (root / f"{dataset}.log").open("w")
+                log = (root / f"worker-{k}.log").open("a")
                 env = os.environ | {"OMP_NUM_THREADS": str(threads)}
                 process = subprocess.Popen(command, stdout=log, stderr=log, env=env)
-                running.append((dataset, log, process))
-            time.sleep(2.0)
-            bar.n = sum(len(list((root / d / "scores").glob("*.json"))) for d in args.datasets)
-            bar.refresh()
-            for job in [job for job in running if job[2].poll() is not None]:
-                running.remove(job)
-                job[1].close()
-                if job[2].returncode != 0:
-                    raise RuntimeError(
-                        f"the {job[0]} worker failed (exit {job[2].returncode}); see "
-                        f"{root / f'{job[0]}.log'}"
-                    )
-    finally:  # an error or an interruption stops the other workers (their runs resume)
-        for _, log, process in running:
-            process.terminate()
-            process.wait()
-            log.close()
+                running.append((k, log, process))
+            while running:
+                time.sleep(2.0)
+                bar.n = sum(len(list((root / d / "scores").glob("*.json"))) for d in args.datasets)
+                bar.refresh()
+                for job in [job for job in running if job[2].poll() is not None]:
+                    running.remove(job)
+                    job[1].close()
+                    if job[2].returncode != 0:
+                        raise RuntimeError(
+                            f"worker {job[0]} failed (exit {job[2].returncode}); see "
+                            f"{root / f'worker-{job[0]}.log'}"
+                        )
+        finally:  # an error or an interruption stops the other workers (their runs resume)
+            for _, log, process in running:
+                process.terminate()
+                process.wait()
+                log.close()
     bar.close()
     return time.perf_counter() - started
 
 
-_COLOURS = {"beta-vae": "tab:blue", "eq22": "tab:red", "wae-mmd": "tab:green"}
+_COLOURS = {
+    "beta-vae": "tab:blue", "wae-mmd": "tab:green", "eq22": "tab:red", "eq22-full": "tab:purple",
+}  # fmt: skip
 
 
 def _save(figure: Any, path: Path) -> None:
@@ -602,61 +786,74 @@ def _save(figure: Any, path: Path) -> None:
     os.replace(temporary, path)
 
 
+_SAMPLER_TITLES = {
+    "prior": "z ~ N(0, I)",
+    "gaussian": "ex-post full Gaussian",
+    "gmm": "ex-post 10-component GMM",
+}
+
+
 def _figures(root: Path, dataset: str, points: list[dict[str, Any]]) -> None:
-    """``DATASET_frontier.png`` (test L1 vs prior FID) and ``DATASET_precision_recall.png``."""
+    """``DATASET_frontier.png`` (test L1 against FID) and ``DATASET_precision_recall.png``,
+    one panel per sampler of :data:`SAMPLERS`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for name, (x_key, y_key), (x_label, y_label) in (
-        ("frontier", ("test_l1", "test_fid"), ("test L1 (reconstruction)", "prior-sample FID")),
-        ("precision_recall", ("test_recall", "test_precision"), ("recall", "precision")),
+    for name, keys, (x_label, y_label) in (
+        ("frontier", ("test_l1", "test_{}_fid"), ("test L1 (reconstruction)", "FID")),
+        ("precision_recall", ("test_{}_recall", "test_{}_precision"), ("recall", "precision")),
     ):
-        figure, axes = plt.subplots(figsize=(7, 5))
-        for family in FAMILIES:
-            for gan in (False, True):
-                rows = [p for p in points if p["family"] == family and p["gan"] == gan]
-                if not rows:
-                    continue
-                rows.sort(key=lambda p: p[x_key][0])
-                axes.errorbar(
-                    [p[x_key][0] for p in rows],
-                    [p[y_key][0] for p in rows],
-                    xerr=[p[x_key][1] for p in rows],
-                    yerr=[p[y_key][1] for p in rows],
-                    color=_COLOURS[family],
-                    marker="s" if gan else "o",
-                    linestyle="none" if gan else "-",
-                    markerfacecolor="none" if gan else _COLOURS[family],
-                    capsize=3,
-                    label=f"{family} + GAN (best)" if gan else family,
-                )
-                for p in rows:
-                    axes.annotate(
-                        p["label"] + (" +GAN" if gan else ""),
-                        (p[x_key][0], p[y_key][0]),
-                        fontsize=7,
-                        xytext=(3, 3),
-                        textcoords="offset points",
+        figure, panels = plt.subplots(1, len(SAMPLERS), figsize=(6 * len(SAMPLERS), 5))
+        for axes, sampler in zip(panels, SAMPLERS, strict=True):
+            x_key, y_key = (key.format(sampler) for key in keys)
+            for family in FAMILIES:
+                for gan in (False, True):
+                    rows = [p for p in points if p["family"] == family and p["gan"] == gan]
+                    if not rows:
+                        continue
+                    rows.sort(key=lambda p: p[x_key][0])
+                    axes.errorbar(
+                        [p[x_key][0] for p in rows],
+                        [p[y_key][0] for p in rows],
+                        xerr=[p[x_key][1] for p in rows],
+                        yerr=[p[y_key][1] for p in rows],
+                        color=_COLOURS[family],
+                        marker="s" if gan else "o",
+                        linestyle="none" if gan else "-",
+                        markerfacecolor="none" if gan else _COLOURS[family],
+                        capsize=3,
+                        label=f"{family} + GAN (best)" if gan else family,
                     )
-        axes.set_xlabel(x_label)
-        axes.set_ylabel(y_label)
-        axes.set_title(f"{dataset}: mean +- sd over seeds, test split")
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize=8)
+                    for p in rows:
+                        axes.annotate(
+                            p["label"] + (" +GAN" if gan else ""),
+                            (p[x_key][0], p[y_key][0]),
+                            fontsize=6,
+                            xytext=(3, 3),
+                            textcoords="offset points",
+                        )
+            axes.set_xlabel(x_label)
+            axes.set_ylabel(y_label)
+            axes.set_title(f"{dataset}, {_SAMPLER_TITLES[sampler]}: mean +- sd, test split")
+            axes.grid(alpha=0.3)
+            axes.legend(fontsize=8)
         _save(figure, root / f"{dataset}_{name}.png")
         plt.close(figure)
 
 
 @torch.no_grad()
 def _sample_grid(root: Path, dataset: str, points: list[Point], plan: Budget) -> bool:
-    """``DATASET_samples.png``: prior samples of the first seed's run of each point, a row each.
+    """``DATASET_samples.png``: samples of the first seed's run of each point, a row for N(0, I)
+    and one for each ex-post sampler (fitted to the run's training codes as the scores are).
 
     Points whose first run failed are left out; ``False`` (and no figure) if all failed.
     """
     from mixelbo_reference.checkpoint import load_run
-    from mixelbo_reference.figures import prior_samples, save_image_grid
+    from mixelbo_reference.features import iter_images
+    from mixelbo_reference.figures import save_image_grid
+    from mixelbo_reference.sample_quality import fit_ex_post_samplers, latent_samples
 
     rows: list[Tensor] = []
     labels: list[str] = []
@@ -665,16 +862,22 @@ def _sample_grid(root: Path, dataset: str, points: list[Point], plan: Budget) ->
         record = _read_json(root / dataset / "scores" / f"{name}.json")
         if record is None or "failed" in record:
             continue
-        labels.append(point.name)
-        vae, _, _ = load_run(root / dataset / "runs" / name)
-        generator = torch.Generator().manual_seed(PRIOR_SEED_OFFSET)
-        rows.append(prior_samples(vae, int(vae.latent_dim), 1, 10, generator=generator)[0])
+        vae, _, config = load_run(root / dataset / "runs" / name)
+        fitting, _ = config.datasets()
+        images = torch.cat(list(iter_images(fitting, len(fitting), batch_size=250)))
+        codes = torch.cat([vae.encode(x)[0] for x in images.split(250)])
+        samplers = fit_ex_post_samplers(codes.double(), seed=plan.seeds[0])
+        for sampler in SAMPLERS:
+            generator = torch.Generator().manual_seed(PRIOR_SEED_OFFSET)
+            z = latent_samples(sampler, samplers, 10, int(vae.latent_dim), generator)
+            rows.append(vae.decode(z.float()).float())
+            labels.append(f"{point.name}, {sampler}")
     if not rows:
         return False
     save_image_grid(
         torch.stack(rows),
         root / f"{dataset}_samples.png",
-        title=f"{dataset}: prior samples, seed {plan.seeds[0]}",
+        title=f"{dataset}: samples of the chosen points, seed {plan.seeds[0]}",
         row_labels=labels,
     )
     return True
@@ -684,6 +887,15 @@ def _cell(pair: tuple[float, float]) -> str:
     return f"{format_number(pair[0])} +- {format_number(pair[1])}"
 
 
+def _headline_cell(entry: dict[str, Any]) -> str:
+    if entry["between"] is None:
+        lo_hi = entry["l1_range"]
+        span = f"{format_number(lo_hi[0])}-{format_number(lo_hi[1])}" if lo_hi else "none"
+        return f"n/a (frontier L1 {span})"
+    bound = "<= " if entry.get("bound") == "upper" else ""
+    return bound + _cell(entry["fid"]) + f" ({' / '.join(entry['between'])})"
+
+
 def _blocks(summary: dict[str, Any]) -> list[Any]:
     plan = summary["plan"]
     blocks: list[Any] = [
@@ -691,21 +903,28 @@ def _blocks(summary: dict[str, Any]) -> list[Any]:
             f"Budget `{summary['budget']}`: model `{plan['model']}`, {plan['steps']} steps of "
             f"{plan['batch_size']} images at Adam {LEARNING_RATE:g}, seeds {plan['seeds']}, "
             f"latent dim {summary['latent_dim']}, trained on `{summary['device']}`, "
-            f"{summary['jobs']} dataset(s) at a time with {summary['threads']} CPU thread(s) "
-            "each. Wall time: {summary['seconds_total']} s in all "
-            f"({summary['seconds_this_call']} s in the last call, of which "
-            f"{summary['train_seconds_this_call']} s training and "
+            f"{summary['jobs']} worker(s) with {summary['threads']} CPU thread(s) each. Wall "
+            f"time: {summary['seconds_total']} s in all ({summary['seconds_this_call']} s in "
+            f"the last call, of which {summary['train_seconds_this_call']} s training and "
             f"{summary['score_seconds_this_call']} s scoring; finished runs are skipped)."
         ),
         Paragraph(
-            "Every point is trained without the adversarial term; the best point of each "
-            "family (lowest mean prior-sample FID on the validation split, held out of the "
-            "training split and never trained on) is trained again with the PatchGAN term "
-            "(`+ GAN`). The test split is only reported. FID, KID, precision and recall "
-            "(k = 3) compare as many prior samples as split images with the split, in the "
-            "features of the project's network for the dataset; FID is biased upward at small "
-            "counts, so it compares only within a dataset. Collapse: fewer than half of the "
-            "latent units active (variance of the posterior mean > 0.01)."
+            "Every point is trained without the adversarial term"
+            + (
+                "; the best point of each family (lowest mean N(0, I) FID on the validation "
+                "split) is trained again with the PatchGAN term (`+ GAN`)"
+                if plan.get("gan_stage")
+                else ""
+            )
+            + ". The validation split is held out of the training split and never trained "
+            "on; the test split is only reported. FID, KID, precision and recall (k = 3) "
+            "compare as many samples as split images with the split, in the features of the "
+            "project's network for the dataset; FID is biased upward at small counts, so it "
+            "compares only within a dataset. Samples come from N(0, I) (`prior`) and from two "
+            "ex-post samplers fitted to the posterior means of the run's training split: a "
+            "full-covariance Gaussian (`gaussian`) and a 10-component full-covariance Gaussian "
+            "mixture (`gmm`). Collapse: fewer than half of the latent units active (variance "
+            "of the posterior mean > 0.01)."
         ),
     ]
     for dataset, result in summary["datasets"].items():
@@ -716,21 +935,58 @@ def _blocks(summary: dict[str, Any]) -> list[Any]:
                 f"Validation: the last {result['holdout']} training images "
                 f"({result['validation_images']} scored); test: {result['test_images']} images. "
                 f"Feature network: `{net.get('task')}` on `{net.get('dataset')}`, "
-                f"{net.get('metric')} {format_number(net.get('score'))}. Chosen on validation: "
+                f"{net.get('metric')} {format_number(net.get('score'))}. Chosen on validation "
+                "(lowest N(0, I) FID): "
                 + ", ".join(f"{f}: `{label}`" for f, label in result["chosen"].items())
                 + "."
             ),
-            Figure(f"{dataset}_frontier.png", f"{dataset}: test L1 vs prior-sample FID"),
-            Figure(f"{dataset}_precision_recall.png", f"{dataset}: precision vs recall"),
         ]
-        if result["samples_figure"]:
+        headline = result.get("headline") or {}
+        if headline:
+            vae_l1 = headline["vae_l1"]
+            blocks += [
+                Paragraph(
+                    "Headline: each family's test FID at the VAE's test L1 "
+                    f"({format_number(vae_l1['test'])}), interpolated on its frontier of mean "
+                    "L1 against mean FID (between the two points named; sd interpolated "
+                    "alike), with N(0, I) and with the ex-post sampler chosen on validation; "
+                    "`<=`: every point of the family reconstructs better than the VAE, and the "
+                    "named point's FID bounds the family's at the VAE's L1."
+                ),
+                Table(
+                    ["family", "FID, N(0, I)", "best ex-post sampler", "FID, ex-post"],
+                    [
+                        [
+                            family,
+                            _headline_cell(entry["prior"]),
+                            entry["ex_post_sampler"],
+                            _headline_cell(entry["ex_post"]),
+                        ]
+                        for family, entry in headline.items()
+                        if family != "vae_l1"
+                    ],
+                ),
+            ]
+        blocks += [
+            Figure(f"{dataset}_frontier.png", f"{dataset}: test L1 against FID, per sampler"),
+            Figure(f"{dataset}_precision_recall.png", f"{dataset}: precision against recall"),
+        ]
+        if result.get("samples_figure"):
             blocks.append(
                 Figure(
                     f"{dataset}_samples.png",
-                    f"{dataset}: prior samples of the chosen points, without and with the GAN term",
+                    f"{dataset}: samples of the chosen points (seed 0), a row per sampler",
                 )
             )
-        blocks += [
+        chosen = result["chosen"]
+        if result["scored_runs"] < result["planned_runs"]:
+            blocks.append(
+                Paragraph(
+                    f"**In progress: {result['scored_runs']} of {result['planned_runs']} runs "
+                    "scored**; each point's `seeds` column counts its scored seeds."
+                )
+            )
+        blocks.append(
             Table(
                 [
                     "family",
@@ -739,10 +995,9 @@ def _blocks(summary: dict[str, Any]) -> list[Any]:
                     "seeds",
                     "val. FID",
                     "test L1",
-                    "test FID",
+                    *(f"test FID {s}" for s in SAMPLERS),
+                    *(f"prec. / rec. {s}" for s in SAMPLERS),
                     "test KID",
-                    "precision",
-                    "recall",
                     "recon. FID",
                     "active units",
                     "collapse rate",
@@ -751,16 +1006,18 @@ def _blocks(summary: dict[str, Any]) -> list[Any]:
                 [
                     [
                         p["family"],
-                        p["label"]
-                        + (" (chosen)" if result["chosen"][p["family"]] == p["label"] else ""),
+                        p["label"] + (" (chosen)" if chosen.get(p["family"]) == p["label"] else ""),
                         p["gan"],
                         p["seeds"],
                         _cell(p["validation_fid"]),
                         _cell(p["test_l1"]),
-                        _cell(p["test_fid"]),
+                        *(_cell(p[f"test_{s}_fid"]) for s in SAMPLERS),
+                        *(
+                            f"{format_number(p[f'test_{s}_precision'][0])} / "
+                            f"{format_number(p[f'test_{s}_recall'][0])}"
+                            for s in SAMPLERS
+                        ),
                         _cell(p["test_kid_mean"]),
-                        _cell(p["test_precision"]),
-                        _cell(p["test_recall"]),
                         _cell(p["test_reconstruction_fid"]),
                         _cell(p["test_active_units"]),
                         p["collapse_rate"],
@@ -768,8 +1025,8 @@ def _blocks(summary: dict[str, Any]) -> list[Any]:
                     ]
                     for p in result["points"]
                 ],
-            ),
-        ]
+            )
+        )
     return blocks
 
 
@@ -777,22 +1034,23 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``mixelbo-study`` command line."""
     parser = argparse.ArgumentParser(
         prog="mixelbo-study",
-        description="The objective study: beta-VAE, the eq. 22 presets and KL_G variants, "
-        "WAE-MMD, with and without the GAN term, over seeds, weights chosen on a validation "
-        "split, on MNIST and the procedural data; one report.",
+        description="The objective study: beta-VAE, WAE-MMD and eq. 22 with the diagonal and "
+        "the full-covariance KL_G, each along its own weight, over seeds, scored with N(0, I) "
+        "and with ex-post samplers, weights chosen on a validation split; one report.",
     )
     parser.add_argument("--out", default="reports/study", help="output folder")
     parser.add_argument(
         "--budget",
         default="default",
         choices=list(BUDGETS),
-        help="default: cpu-32, 800 steps, 3 seeds, 90 runs (measured 45 min on 2 CPU cores "
-        "with --jobs 2); large: cpu-32, 1500 steps, more procedural images (for --device "
-        "cuda); smoke: seconds, for tests",
+        help="default: cpu-32 (grey on MNIST), 3000 steps, 3 seeds, 54 runs; small: issue "
+        "11's 800 steps with the GAN stage; large: 1500 steps with the GAN stage (for "
+        "--device cuda); smoke: seconds, for tests",
     )
     parser.add_argument(
-        "--datasets", nargs="+", default=list(DATASETS), choices=DATASETS, help="datasets"
-    )
+        "--datasets", nargs="+", default=list(DEFAULT_DATASETS), choices=DATASETS,
+        help="datasets",
+    )  # fmt: skip
     parser.add_argument(
         "--families", nargs="+", default=list(FAMILIES), choices=FAMILIES, help="families"
     )
@@ -802,9 +1060,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads in all")
     parser.add_argument(
         "--jobs", type=int, default=2,
-        help="datasets trained at once, in separate processes that share --threads (the "
-        "default: the two datasets in parallel, one thread each)",
+        help="runs trained at once, in worker processes that share --threads (the default: "
+        "two workers of one thread each)",
     )  # fmt: skip
+    parser.add_argument("--shard", default="0/1", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--report-only", action="store_true",
+        help="train nothing: write the report of the runs scored so far (a study in progress)",
+    )  # fmt: skip
+    parser.add_argument("--stage", default="all", choices=("all", "sweep"), help=argparse.SUPPRESS)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
     return parser
@@ -819,11 +1083,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         print(f"mixelbo-study: error: --jobs must be >= 1; got {args.jobs}", file=sys.stderr)
         return 2
-    jobs = min(args.jobs, len(args.datasets), args.threads)
+    jobs = min(args.jobs, args.threads)
+    index, _, count = args.shard.partition("/")
+    shard = (int(index), int(count))
     torch.set_num_threads(args.threads if jobs == 1 else max(1, args.threads // jobs))
     try:
         elapsed = 0.0
-        if jobs > 1:
+        if jobs > 1 and not args.report_only:
             _validate(Path(args.out), args.budget, args.datasets, args.families)
             elapsed = _run_workers(args, jobs)
         summary = study(
@@ -836,6 +1102,8 @@ def main(argv: list[str] | None = None) -> int:
             report=not args.no_report,
             elapsed=elapsed,
             jobs=jobs,
+            shard=shard,
+            stage="report" if args.report_only else args.stage,
         )
     except ValueError as error:
         print(f"mixelbo-study: error: {error}", file=sys.stderr)

@@ -90,3 +90,76 @@ def torch_normal_kl(mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
     return kl_divergence(
         Normal(mean, var.sqrt()), Normal(torch.zeros_like(mean), torch.ones_like(mean))
     )
+
+
+# ---------------------------------------------------------------- the full-covariance KL_G
+
+
+def full_covariance(mu: Array, logvar: Array, z: Array, variance: str) -> tuple[Array, Array]:
+    """Eq. 17's mean and the estimator's full covariance, in the textbook uncentred form
+    (second moment minus the outer product of the means), 1/N.
+
+    ``"sample"``: E[(z - m)(z - m)^T] with m eq. 17's mean of ``mu``; ``"means"``: Cov(mu);
+    ``"mixture"``: E[mu mu^T] + diag(E[sigma^2]) - m m^T, the covariance of the mixture.
+    """
+    n = mu.shape[0]
+    m = np.sum(mu, axis=0) / n
+    if variance == "sample":
+        zbar = np.sum(z, axis=0) / n
+        second = z.T @ z / n
+        return m, second - np.outer(m, zbar) - np.outer(zbar, m) + np.outer(m, m)
+    cov = mu.T @ mu / n - np.outer(m, m)
+    if variance == "mixture":
+        cov = cov + np.diag(np.mean(np.exp(logvar), axis=0))
+    return m, cov
+
+
+def full_kl(mean: Array, cov: Array) -> float:
+    """KL(N(mean, cov) || N(0, I)) = 1/2 (tr cov + mean.mean - d - log det cov), via slogdet."""
+    sign, log_det = np.linalg.slogdet(cov)
+    assert sign > 0, "the oracle's covariance is not positive definite"
+    return float(0.5 * (np.trace(cov) + mean @ mean - mean.shape[0] - log_det))
+
+
+def torch_full_kl(
+    mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor, variance: str
+) -> torch.Tensor:
+    """The same KL, differentiable, through ``torch.distributions``: the covariance in the
+    uncentred form above (torch float64), then ``kl_divergence(MultivariateNormal(m, S),
+    MultivariateNormal(0, I))``. The gradient oracle."""
+    from torch.distributions import MultivariateNormal, kl_divergence
+
+    n, d = mu.shape
+    m = mu.sum(0) / n
+    if variance == "sample":
+        zbar = z.sum(0) / n
+        cov = z.T @ z / n - torch.outer(m, zbar) - torch.outer(zbar, m) + torch.outer(m, m)
+    else:
+        cov = mu.T @ mu / n - torch.outer(m, m)
+        if variance == "mixture":
+            cov = cov + torch.diag(logvar.exp().mean(0))
+    cov = 0.5 * (cov + cov.T)  # exactly symmetric, as MultivariateNormal's check requires
+    eye = torch.eye(d, dtype=mu.dtype)
+    return kl_divergence(MultivariateNormal(m, cov), MultivariateNormal(torch.zeros_like(m), eye))
+
+
+def exact_mixture_full_kl(mu: torch.Tensor, logvar: torch.Tensor, digits: int = 50) -> float:
+    """The ``"mixture"`` full-covariance KL in ``digits``-digit arithmetic (mpmath), from the
+    definition: S = (1/N) sum_i (mu_i - m)(mu_i - m)^T + diag(mean sigma^2), det by LU. For
+    small, extremely ill-conditioned cases where every float64 formula loses digits."""
+    import mpmath
+
+    with mpmath.workdps(digits):
+        rows = mpmath.matrix(f64(mu).tolist())
+        variances = mpmath.matrix(f64(logvar).tolist())
+        n, d = rows.rows, rows.cols
+        m = [mpmath.fsum(rows[i, j] for i in range(n)) / n for j in range(d)]
+        cov = mpmath.matrix(d, d)
+        for j in range(d):
+            for k in range(d):
+                spread = mpmath.fsum((rows[i, j] - m[j]) * (rows[i, k] - m[k]) for i in range(n))
+                cov[j, k] = spread / n
+            cov[j, j] += mpmath.fsum(mpmath.exp(variances[i, j]) for i in range(n)) / n
+        trace = mpmath.fsum(cov[j, j] for j in range(d))
+        kl = (trace + mpmath.fsum(x * x for x in m) - d - mpmath.log(mpmath.det(cov))) / 2
+        return float(kl)

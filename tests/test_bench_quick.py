@@ -85,3 +85,27 @@ def test_bench_losses_rejects_a_bad_size() -> None:
     )  # fmt: skip
     assert completed.returncode == 2
     assert "expected B >= 2 and D >= 1; got '1,4'" in completed.stderr
+
+
+def test_bench_full_covariance_quick(tmp_path: Path) -> None:
+    out = tmp_path / "full.json"
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_full_covariance.py"), "--quick",
+         "--cases", "64,8,mixture", "40,8,means", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "vs plain" in completed.stdout
+    assert not (tmp_path / "full.partial.json").exists()
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert {row["method"] for row in rows} == {"plain", "reference", "default", "diagonal"}
+    assert {(row["n"], row["d"], row["variance"]) for row in rows} == {
+        (64, 8, "mixture"),
+        (40, 8, "means"),
+    }
+    for row in rows:
+        assert 0 < row["cpu_min_ms"] <= row["cpu_median_ms"] and row["rounds"] >= 3
+        if row["method"] != "diagonal":
+            assert 0 <= row["relative_error"] < 1e-5  # fp32 against float64 on the same inputs
+    assert result["machine"]["torch_threads"] == 1 and result["settings"]["quick"] is True

@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mixelbo import MixtureKL
 from mixelbo import functional as F
-from mixelbo.distributed import is_synced, synced_batch_moments
+from mixelbo.distributed import is_synced, synced_batch_covariance, synced_batch_moments
 
 VARIANCES = ("sample", "means", "mixture")
 IN_FEATURES, LATENT = 5, 3
@@ -70,10 +70,29 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
                 "local": local,
                 "grads": [p.grad.clone() for p in model.parameters()],
             }
+            # covariance="full": the global N > d even where a rank holds N_r <= d samples
+            model = DistributedDataParallel(_encoder())
+            mu, logvar, z = _latents(model, x[rows], noise[rows])
+            kl_full = MixtureKL(variance=variance, covariance="full", sync=True)(mu, logvar, z)
+            kl_full.backward()
+            results[f"full-{variance}"] = {
+                "kl_g": kl_full.detach(),
+                "local": _local_full_kl(mu.detach(), logvar.detach(), z.detach(), variance),
+                "grads": [p.grad.clone() for p in model.parameters()],
+            }
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
         dist.barrier()  # both ranks done before teardown (gloo can abort on a racing exit)
     finally:
         dist.destroy_process_group()
+
+
+def _local_full_kl(
+    mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor, variance: str
+) -> torch.Tensor | None:
+    """The full-covariance KL of this rank's batch alone, where it exists (N_r > d)."""
+    if variance != "mixture" and mu.shape[0] <= LATENT:
+        return None
+    return F.mixture_kl(mu, logvar, z, variance=variance, covariance="full", fused=False)
 
 
 def _free_port() -> int:
@@ -108,6 +127,28 @@ def test_ddp_matches_one_process_on_the_concatenated_batch(
 
 
 @pytest.mark.parametrize("variance", VARIANCES)
+def test_ddp_full_covariance_matches_one_process_on_the_concatenated_batch(
+    two_rank_results: list[dict], variance: str
+) -> None:
+    """covariance="full" under DDP: value and parameter gradients of the one-process
+    full-covariance KL (the closed form) on the concatenated batch. For "sample" one rank
+    holds 3 samples of a 3-dim latent (singular alone), for "mixture" one holds 2."""
+    encoder = _encoder()
+    x, noise = _data(variance)
+    mu, logvar, z = _latents(encoder, x, noise)
+    reference = F.mixture_kl(mu, logvar, z, variance=variance, covariance="full")
+    reference.backward()
+    assert min(BATCHES[variance]) <= LATENT or variance == "means"
+    for rank in range(2):
+        result = two_rank_results[rank][f"full-{variance}"]
+        torch.testing.assert_close(result["kl_g"], reference.detach(), rtol=1e-11, atol=1e-12)
+        if result["local"] is not None:
+            assert not torch.allclose(result["local"], reference.detach(), rtol=1e-6)
+        for grad, param in zip(result["grads"], encoder.parameters(), strict=True):
+            torch.testing.assert_close(grad, param.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("variance", VARIANCES)
 def test_sync_is_a_no_op_without_a_process_group(
     variance: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -131,6 +172,10 @@ def test_synced_moments_in_a_one_rank_group_equal_batch_moments(tmp_path: Path) 
         for variance in VARIANCES:
             got = synced_batch_moments(mu, logvar, z, variance=variance)
             want = F.batch_moments(mu, logvar, z, variance=variance)
+            for a, b in zip(got, want, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+            got = synced_batch_covariance(mu, logvar, z, variance=variance)
+            want = F.batch_covariance(mu, logvar, z, variance=variance)
             for a, b in zip(got, want, strict=True):
                 torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
         with pytest.raises(ValueError, match="z"):

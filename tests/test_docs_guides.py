@@ -35,6 +35,7 @@ GUIDE_PAGES = [
     "guides/multi-gpu.md",
     "guides/precision-compile.md",
     "weights.md",
+    "samplers.md",
 ]
 _BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```", flags=re.DOTALL | re.MULTILINE)
 
@@ -176,6 +177,28 @@ def _troubleshooting_cases() -> list[tuple[str, Any]]:
         (
             "pattern must map",
             lambda: MixtureKL(variance="means", pattern="b d -> b d 1")(mu, None),
+        ),
+        (
+            "covariance must be one of 'diagonal', 'full'; got",
+            lambda: MixtureKL(covariance="dense"),  # type: ignore[arg-type]
+        ),
+        (
+            "reduction='none' (per latent dim) does not apply to covariance='full'",
+            lambda: MixtureKL(covariance="full", reduction="none"),
+        ),
+        (
+            "needs more samples than latent dims",
+            lambda: MixtureKL(variance="means", covariance="full")(mu[:3], None),
+        ),
+        (
+            "samples <= d=",
+            lambda: MixtureKL(variance="means", covariance="full")(mu[:3], None),
+        ),
+        (
+            "is singular to float64 precision",
+            lambda: MixtureKL(variance="means", covariance="full")(
+                torch.cat([mu[:, :1], mu[:, :1]], 1), None
+            ),
         ),
         ("loss must be one of 'bce', 'hinge', 'lsgan'; got", lambda: PatchGANLoss(loss="x")),
         (

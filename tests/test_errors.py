@@ -153,6 +153,8 @@ UNKNOWN = "bogus"
         (lambda: GaussianKL(reduction=UNKNOWN), "reduction", UNKNOWN),
         (lambda: PatchGANLoss(loss=UNKNOWN), "loss", UNKNOWN),
         (lambda: RegularizedELBO(variance=UNKNOWN), "variance", UNKNOWN),
+        (lambda: MixtureKL(covariance=UNKNOWN), "covariance", UNKNOWN),
+        (lambda: RegularizedELBO(covariance=UNKNOWN), "covariance", UNKNOWN),
         (lambda: RegularizedELBO(kl_i_form=UNKNOWN), "form", UNKNOWN),
         (lambda: RegularizedELBO(kl_i_reduction="none"), "kl_i_reduction", "none"),
         (
@@ -177,6 +179,13 @@ def test_unknown_module_options(build: Callable[[], Any], argument: str, value: 
     [
         (lambda: F.batch_moments(MU, LOGVAR, Z, variance=UNKNOWN), "variance", UNKNOWN),
         (lambda: F.mixture_kl(MU, LOGVAR, Z, variance=UNKNOWN), "variance", UNKNOWN),
+        (lambda: F.mixture_kl(MU, LOGVAR, Z, covariance=UNKNOWN), "covariance", UNKNOWN),
+        (
+            lambda: F.mixture_kl(MU, LOGVAR, Z, variance=UNKNOWN, covariance="full"),
+            "variance",
+            UNKNOWN,
+        ),
+        (lambda: F.batch_covariance(MU, LOGVAR, Z, variance=UNKNOWN), "variance", UNKNOWN),
         (lambda: F.mixture_kl(MU, LOGVAR, Z, reduction="batchmean"), "reduction", "batchmean"),
         (lambda: F.individual_variance_kl(LOGVAR, form=UNKNOWN), "form", UNKNOWN),
         (lambda: F.individual_variance_kl(LOGVAR, reduction=UNKNOWN), "reduction", UNKNOWN),
@@ -189,6 +198,26 @@ def test_unknown_module_options(build: Callable[[], Any], argument: str, value: 
 )
 def test_unknown_functional_options(call: Callable[[], Any], argument: str, value: str) -> None:
     _raises(call, argument, f"got {value!r}" if value != "None" else "got None")
+
+
+def test_full_covariance_errors() -> None:
+    """covariance="full": no per-dim KL, and no full-rank covariance from N <= d samples."""
+    for call in (
+        lambda: MixtureKL(covariance="full", reduction="none"),
+        lambda: F.mixture_kl(MU, LOGVAR, Z, covariance="full", reduction="none"),
+    ):
+        _raises(call, "reduction='none'", "covariance='full'")
+    mu, logvar, z = torch.randn(4, 5), torch.zeros(4, 5), torch.randn(4, 5)
+    for variance in ("sample", "means"):
+        _raises(
+            lambda v=variance: F.mixture_kl(mu, logvar, z, variance=v, covariance="full"),
+            f"variance={variance!r}",
+            "N=4 samples <= d=5 dims",
+            "variance='mixture'",
+            "covariance='diagonal'",
+        )
+    _raises(lambda: MixtureKL("means", covariance="full")(MU[:3], LOGVAR[:3]), "N=3", "d=3")
+    _raises(lambda: F.batch_covariance(MU[:1], LOGVAR[:1], variance="mixture"), "at least 2")
 
 
 def test_patch_discriminator_layout() -> None:

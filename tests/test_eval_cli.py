@@ -62,6 +62,7 @@ def test_mixelbo_eval_writes_the_report(tiny_run: Path, tmp_path: Path, capsys) 
     assert eval_main(argv) == 0
     printed = capsys.readouterr().out
     assert str(out / "report.html") in printed and "prior samples: FID" in printed
+    assert "ex-post gaussian samples: FID" in printed and "ex-post gmm samples: FID" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     test_images = PROCEDURAL // 5
     assert metrics["reconstruction"]["images"] == test_images
@@ -74,7 +75,8 @@ def test_mixelbo_eval_writes_the_report(tiny_run: Path, tmp_path: Path, capsys) 
     assert probe["shape"]["metric"] == "accuracy" and probe["x"]["metric"] == "r2"
     assert probe["object_hue"]["kind"] == "circular"
     # geometry of the rendered grids: white 2-px padding around 32x32 cells, scaled by matplotlib
-    for name in ("reconstructions", "samples", "fig4_variations", "fig5_transitions"):
+    grids = ("samples", "samples_gaussian", "samples_gmm", "fig4_variations", "fig5_transitions")
+    for name in ("reconstructions", *grids):
         assert Image.open(out / f"{name}.png").format == "PNG"
     for name in ("fig6_joint_histogram", "latent_histograms", "collapse"):
         assert (out / f"{name}.png").is_file()
@@ -84,7 +86,7 @@ def test_mixelbo_eval_writes_the_report(tiny_run: Path, tmp_path: Path, capsys) 
     for link in ("fig4_variations.png", "fig5_transitions.png", "fig6_joint_histogram.png"):
         assert f"]({link})" in markdown
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 7
+    assert page.count("data:image/png;base64,") == 9  # with a sample grid per ex-post sampler
     # sample quality: a factor regressor trained on the 64 training images, 16 test images
     quality = metrics["sample_quality"]
     assert quality["skipped"] is None and quality["test_images"] == test_images
@@ -100,6 +102,21 @@ def test_mixelbo_eval_writes_the_report(tiny_run: Path, tmp_path: Path, capsys) 
     assert quality["sets"]["prior"]["fid"] > quality["sets"]["train"]["fid"]
     assert "Sample quality (against the test split)" in markdown
     assert "| training images (real-data reference) | 16 |" in markdown
+    # the ex-post samplers: fitted to the 64 training images' posterior means, scored beside
+    # the prior (whose row is the same in both places)
+    ex_post = metrics["ex_post_samplers"]
+    assert ex_post["skipped"] is None and ex_post["fit_images"] == 64
+    assert ex_post["gmm_components"] == 10 and ex_post["gmm_iterations"] >= 1
+    by_sampler = quality["by_sampler"]
+    assert list(by_sampler) == ["prior", "gaussian", "gmm"]
+    assert by_sampler["prior"] == quality["sets"]["prior"]
+    for row in by_sampler.values():
+        assert row["images"] == test_images and math.isfinite(row["fid"])
+        assert 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
+    assert by_sampler["gmm"]["fid"] != by_sampler["prior"]["fid"]
+    for label in ("| ex-post Gaussian, z ~ N(m, S)", "| ex-post GMM, 10 full-covariance"):
+        assert label in markdown
+    assert "](samples_gmm.png)" in markdown and "](samples_gaussian.png)" in markdown
 
 
 def test_a_run_with_a_validation_holdout_uses_the_whole_training_split(
@@ -179,6 +196,7 @@ def test_mixelbo_compare_end_to_end(tmp_path: Path, capsys) -> None:
     for label in ("| mixture |", "| vae |", "| beta-vae (beta=0.1) |", "| beta-vae (beta=10) |"):
         assert label in table
     assert "FID" in table and table.count("| prior |") == 5  # sample quality per run
+    assert table.count("| gaussian |") == 5 and table.count("| gmm |") == 5  # ex-post samplers
     # per run: reconstructions, prior samples, Fig. 4, Fig. 5, Fig. 6, latent histograms
     assert (out / "compare.html").read_text().count("data:image/png;base64,") == 5 * 6
     for label in labels:

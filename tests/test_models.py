@@ -141,3 +141,28 @@ def test_bad_model_config_raises_value_error_naming_the_field(
 ) -> None:
     with pytest.raises(ValueError, match=name):
         ModelConfig(**changes)
+
+
+def test_grey_decoder_repeats_one_channel_and_trains_grey_on_mnist() -> None:
+    """``grey``: every decoded channel equal (no colour cast), the image shape unchanged, and
+    the last up-block and 1x1 conv shrunk to one channel (counted by hand)."""
+    from mixelbo_reference.config import TrainConfig
+
+    base = MODEL_CONFIGS["tiny-32"]
+    grey = build_vae(ModelConfig(**{**base.__dict__, "grey": True}))
+    colour = build_vae(base)
+    x_hat = grey.decode(torch.randn(4, base.latent_dim))
+    assert x_hat.shape == (4, 3, 32, 32)
+    assert torch.equal(x_hat[:, 0], x_hat[:, 1]) and torch.equal(x_hat[:, 0], x_hat[:, 2])
+    assert not torch.equal(*colour.decode(torch.randn(2, base.latent_dim))[:, :2].unbind(1))
+    w = base.width  # the last up-block's convs and the final 1x1 conv with 1 output, not 3
+    saved = _conv(1, w, 3) - _conv(1, w, 1) + _bn(3) - _bn(1)  # residual 1x1 conv, its BN
+    saved += _conv(3, 3, 3) - _conv(3, 1, 1)  # residual transposed 3x3 conv
+    saved += _conv(3, w, 3) - _conv(3, w, 1)  # shortcut transposed 3x3 conv
+    saved += _conv(1, 3, 3, bias=True) - _conv(1, 1, 1, bias=True)
+    assert count_parameters(colour) - count_parameters(grey) == saved
+    # the trainer: grey for MNIST unless told otherwise
+    assert TrainConfig(model="tiny-32", data="mnist").model_config.grey
+    assert not TrainConfig(model="tiny-32").model_config.grey
+    assert not TrainConfig(model="tiny-32", data="mnist", grey=False).model_config.grey
+    assert TrainConfig(model="tiny-32", grey=True).model_config.grey

@@ -103,6 +103,19 @@ def test_build_objective_wae_mmd() -> None:
     assert (default.mmd_weight, default.beta3) == (100.0, 5000.0)
 
 
+@pytest.mark.parametrize("objective", ["mixture", "paper", "authors-code"])
+def test_build_objective_passes_covariance_to_kl_g(objective: str) -> None:
+    """--covariance reaches MixtureKL in every eq. 22 preset; the default stays diagonal."""
+    for covariance in ("diagonal", "full"):
+        config = TrainConfig(model="tiny-32", objective=objective, covariance=covariance)
+        built = build_objective(config, None)
+        assert built.kl_g.covariance == covariance
+    with pytest.raises(ValueError, match=r"covariance must be one of.*'dense'"):
+        TrainConfig(model="tiny-32", covariance="dense")
+    with pytest.raises(ValueError, match=r"covariance applies to the eq. 22.*'vae'"):
+        TrainConfig(model="tiny-32", objective="vae", covariance="full")
+
+
 @pytest.mark.parametrize(
     ("options", "match"),
     [

@@ -10,15 +10,19 @@ import scipy.linalg
 import torch
 import torch.nn.functional as torch_f
 
+from mixelbo import GaussianMixtureSampler, GaussianSampler
 from mixelbo_reference.features import FeatureNet, load_images, load_or_train_feature_net
 from mixelbo_reference.mnist import mnist_datasets
 from mixelbo_reference.sample_quality import (
+    PRIOR_SAMPLERS,
     InceptionFeatures,
     ProjectFeatures,
     compare_sets,
     extract_features,
+    fit_ex_post_samplers,
     frechet_distance,
     kernel_distance,
+    latent_samples,
     precision_recall,
     to_uint8,
 )
@@ -217,3 +221,64 @@ def test_project_features_accept_uint8_and_clamp_decoded_images() -> None:
         assert torch.equal(extractor(images), net.features(scaled))
         assert torch.equal(extractor(scaled * 3), net.features((scaled * 3).clamp(-1, 1)))
     assert extractor.num_features == 128
+
+
+# ------------------------------------------------------------------------ ex-post samplers
+
+
+def test_fit_ex_post_samplers_fits_the_gaussian_and_the_mixture_to_the_codes() -> None:
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(10, 6, generator=generator) * 20
+    codes = centres[torch.arange(2000) % 10] + torch.randn(2000, 6, generator=generator)
+    samplers = fit_ex_post_samplers(codes.float(), seed=1)
+    assert PRIOR_SAMPLERS == ("prior", "gaussian", "gmm") and set(samplers) == {"gaussian", "gmm"}
+    gaussian, gmm = samplers["gaussian"], samplers["gmm"]
+    assert isinstance(gaussian, GaussianSampler) and isinstance(gmm, GaussianMixtureSampler)
+    assert gmm.n_components == 10 and gmm.seed == 1 and gmm.converged
+    reference = codes.double().numpy()
+    np.testing.assert_allclose(gaussian.mean.numpy(), reference.mean(0), atol=1e-5)
+    np.testing.assert_allclose(
+        gaussian.covariance.numpy(), np.cov(reference.T, bias=True), rtol=1e-5, atol=1e-5
+    )
+    # the clusters are 20 sd apart: each cluster's sample mean is one component's mean
+    cluster_means = torch.stack([codes.double()[k::10].mean(0) for k in range(10)])
+    distances = torch.cdist(cluster_means, gmm.means)
+    assert (distances.min(1).values < 1e-3).all()
+    assert sorted(distances.argmin(1).tolist()) == list(range(10))
+    np.testing.assert_allclose(gmm.weights.numpy(), 0.1, atol=1e-6)
+    assert len(fit_ex_post_samplers(codes[:50], n_components=3)["gmm"].weights) == 3
+
+
+def test_latent_samples_from_each_sampler() -> None:
+    codes = torch.randn(300, 5, dtype=torch.float64) * 4 + 10
+    samplers = fit_ex_post_samplers(codes)
+    prior = latent_samples("prior", {}, 40, 5, torch.Generator().manual_seed(3))
+    assert torch.equal(prior, torch.randn(40, 5, generator=torch.Generator().manual_seed(3)))
+    for name in ("gaussian", "gmm"):
+        z = latent_samples(name, samplers, 40, 5, torch.Generator().manual_seed(3))
+        assert z.shape == (40, 5) and z.dtype == torch.float32 and z.device.type == "cpu"
+        expected = samplers[name].sample(40, generator=torch.Generator().manual_seed(3))
+        torch.testing.assert_close(z, expected.float())
+        assert z.mean().item() == pytest.approx(10, abs=1.5)  # the codes', not N(0, I)'s
+        # in batches from one generator: the same as one call
+        generator = torch.Generator().manual_seed(4)
+        batches = [latent_samples(name, samplers, 20, 5, generator) for _ in range(2)]
+        again = torch.Generator().manual_seed(4)
+        first = latent_samples(name, samplers, 20, 5, again)
+        torch.testing.assert_close(batches[0], first)
+        assert not torch.equal(batches[0], batches[1])
+    as_double = latent_samples("gmm", samplers, 4, 5, torch.Generator(), dtype=torch.float64)
+    assert as_double.dtype == torch.float64
+
+
+def test_latent_samples_rejects_bad_arguments() -> None:
+    samplers = fit_ex_post_samplers(torch.randn(100, 3))
+    generator = torch.Generator()
+    with pytest.raises(ValueError, match="name must be one of 'prior', 'gaussian', 'gmm'; got 'x'"):
+        latent_samples("x", samplers, 4, 3, generator)
+    with pytest.raises(ValueError, match="no 'gmm' sampler"):
+        latent_samples("gmm", {}, 4, 3, generator)
+    with pytest.raises(ValueError, match="fitted to 3-d codes; got latent_dim 8"):
+        latent_samples("gaussian", samplers, 4, 8, generator)
+    with pytest.raises(ValueError, match="codes must be finite"):
+        fit_ex_post_samplers(torch.full((20, 3), float("nan")))

@@ -25,6 +25,13 @@ parameter gradients over ranks, giving :math:`\frac1W \sum_r W\,\partial L/\part
 \partial L/\partial\theta`: exactly the gradient of the one-process loss on the concatenated
 batch (``tests/test_distributed.py`` checks this with two gloo processes).
 
+``covariance="full"`` (:func:`synced_batch_covariance`) combines the ranks' centred
+second-moment *matrices* the same way, :math:`M_2 = \sum_r [M_{2,r} + n_r (\bar x_r -
+\bar\mu)(\bar x_r - \bar\mu)^\top]`, in float64. Only the per-rank rows need a slot per rank;
+:math:`\sum_r M_{2,r}` is a plain sum, so the one all-reduce carries ``world_size x k x d +
+d x d`` numbers (not ``world_size x d x d``). The singular-covariance check uses the global
+batch size, so ranks may each hold fewer samples than latent dims.
+
 This path runs eager PyTorch ops (the statistics are a few column reductions; the collective
 dominates). With one process, or without an initialised process group, it is never taken.
 """
@@ -37,10 +44,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from mixelbo import _full_covariance
 from mixelbo import functional as F
-from mixelbo._validation import check_option
+from mixelbo._validation import accumulation_dtype, check_option
 
-__all__ = ["is_synced", "synced_batch_moments", "synced_mixture_kl"]
+__all__ = ["is_synced", "synced_batch_covariance", "synced_batch_moments", "synced_mixture_kl"]
 
 
 def is_synced(sync: bool | object) -> bool:
@@ -108,19 +116,106 @@ def synced_batch_moments(
     return mean, var
 
 
+def _all_reduce(tensor: Tensor, group: object | None) -> Tensor:
+    """The autograd-aware sum of ``tensor`` over the ranks of ``group``."""
+    from torch.distributed.nn.functional import all_reduce
+
+    reduce_group = group if group is not None else dist.group.WORLD
+    with warnings.catch_warnings():  # deprecated in favour of a private, non-autograd API
+        warnings.simplefilter("ignore", FutureWarning)
+        reduced: Tensor = all_reduce(tensor, group=reduce_group)  # type: ignore[no-untyped-call]
+    return reduced
+
+
+def _synced_covariance(
+    mu: Tensor,
+    logvar: Tensor | None,
+    z: Tensor | None,
+    variance: str,
+    pattern: str | None,
+    group: object | None,
+) -> tuple[Tensor, Tensor, int]:
+    """The global ``(mean, cov, samples)``, mean and covariance in float64."""
+    mu_s, logvar_s, z_s = F._moment_samples(mu, logvar, z, variance, pattern, upcast=False)
+    work = torch.float64
+    x = mu_s.to(work)
+    samples, dims = x.shape
+    mean_r = x.mean(0)
+    data = z_s.to(work) if variance == "sample" and z_s is not None else x
+    centre_r = data.mean(0)
+    deviation = data - centre_r
+    rows = [x.new_full((dims,), float(samples)), mean_r, centre_r]
+    if variance == "mixture":
+        assert logvar_s is not None
+        rows.append(logvar_s.to(work).exp().sum(0))
+    stats = torch.stack(rows)
+    world, rank = dist.get_world_size(group), dist.get_rank(group)  # type: ignore[arg-type]
+    slots = [stats if r == rank else torch.zeros_like(stats) for r in range(world)]
+    m2 = deviation.T @ deviation  # this rank's centred second-moment matrix
+    reduced = _all_reduce(torch.cat([torch.stack(slots).flatten(), m2.flatten()]), group)
+    gathered = reduced[: stats.numel() * world].view(world, *stats.shape)
+    m2_sum = reduced[stats.numel() * world :].view(dims, dims)
+    counts, means, centres = gathered[:, 0], gathered[:, 1], gathered[:, 2]
+    total = counts.sum(0)
+    mean = (counts * means).sum(0) / total  # eq. 17 over the global batch
+    offsets = centres - mean
+    between = (counts * offsets).T @ offsets  # sum_r n_r (c_r - m)(c_r - m)^T
+    cov = (m2_sum + between) / total[0]  # Chan et al.
+    if variance == "mixture":
+        cov = cov + torch.diag(gathered[:, 3].sum(0) / total)
+    return mean, cov, round(float(total[0]))
+
+
+def synced_batch_covariance(
+    mu: Tensor,
+    logvar: Tensor | None = None,
+    z: Tensor | None = None,
+    *,
+    variance: F.Variance = "sample",
+    pattern: str | None = None,
+    group: object | None = None,
+) -> tuple[Tensor, Tensor]:
+    r""":func:`mixelbo.functional.batch_covariance` over the batch of every rank in ``group``.
+
+    Args:
+        mu, logvar, z, variance, pattern: as in :func:`mixelbo.functional.batch_covariance`;
+            each rank passes its own slice (batch sizes may differ, latent dims may not).
+        group: the process group (``None``: the default group).
+
+    Returns:
+        ``(mean, cov)`` of the concatenated batch, shapes ``(dims,)`` and ``(dims, dims)``
+        in the accumulation dtype, identical on every rank and differentiable.
+
+    Raises:
+        ValueError: as :func:`mixelbo.functional.batch_covariance` (checked locally per rank).
+    """
+    mean, cov, _ = _synced_covariance(mu, logvar, z, variance, pattern, group)
+    dtype = accumulation_dtype(mu)
+    return mean.to(dtype), cov.to(dtype)
+
+
 def synced_mixture_kl(
     mu: Tensor,
     logvar: Tensor | None = None,
     z: Tensor | None = None,
     *,
     variance: F.Variance = "sample",
+    covariance: F.Covariance = "diagonal",
     reduction: F.DimReduction = "sum",
     pattern: str | None = None,
     group: object | None = None,
 ) -> Tensor:
     """:func:`mixelbo.functional.mixture_kl` (eq. 19) with the global-batch moments of
-    :func:`synced_batch_moments`; the same value on every rank."""
+    :func:`synced_batch_moments` (``covariance="full"``: :func:`synced_batch_covariance`);
+    the same value on every rank."""
     check_option("reduction", reduction, F.DIM_REDUCTIONS)
+    if covariance != "diagonal":
+        F.check_full_covariance_options(covariance, reduction)
+        mean64, cov, samples = _synced_covariance(mu, logvar, z, variance, pattern, group)
+        _full_covariance.check_full_rank(variance, samples, cov.shape[0])
+        chol = _full_covariance.cholesky_factor(cov, samples, variance)
+        kl = _full_covariance.kl_from_cholesky(cov, chol, mean64).to(accumulation_dtype(mu))
+        return kl if reduction == "sum" else kl / cov.shape[0]
     mean, var = synced_batch_moments(mu, logvar, z, variance=variance, pattern=pattern, group=group)
     var = var.clamp_min(torch.finfo(var.dtype).tiny)
     kl_per_dim = 0.5 * (var + mean.square() - 1.0 - var.log())  # eq. 19

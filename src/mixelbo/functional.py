@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as torch_f
 from torch import Tensor
 
-from mixelbo import _fused
+from mixelbo import _full_covariance, _fused
 from mixelbo._validation import (
     ACCUMULATION_DTYPES,
     FLOATING_DTYPES,
@@ -39,6 +39,7 @@ __all__ = [
     "adaptive_adversarial_weight",
     "adversarial_discriminator_loss",
     "adversarial_generator_loss",
+    "batch_covariance",
     "batch_moments",
     "gaussian_kl",
     "individual_variance_kl",
@@ -49,11 +50,13 @@ __all__ = [
 ]
 
 Variance = Literal["sample", "means", "mixture"]
+Covariance = Literal["diagonal", "full"]
 DimReduction = Literal["sum", "mean", "none"]
 ElementReduction = Literal["sum", "batchmean", "mean", "none"]
 Criterion = Literal["bce", "hinge", "lsgan"]
 
 VARIANCES = ("sample", "means", "mixture")
+COVARIANCES = ("diagonal", "full")
 DIM_REDUCTIONS = ("sum", "mean", "none")
 ELEMENT_REDUCTIONS = ("sum", "batchmean", "mean", "none")
 CRITERIA = ("bce", "hinge", "lsgan")
@@ -146,6 +149,67 @@ def _moments(
     return mean, mean_individual_variance + spread_of_means
 
 
+def batch_covariance(
+    mu: Tensor,
+    logvar: Tensor | None = None,
+    z: Tensor | None = None,
+    *,
+    variance: Variance = "sample",
+    pattern: str | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""Mean and full covariance of the batch-aggregate posterior (eqs. 17-18, all dims jointly).
+
+    :func:`batch_moments` with the off-diagonal terms: with the eq. 17 mean
+    :math:`m = \frac1N \sum_i \mu^{(i)}` and the centred deviations :math:`D_i = x^{(i)} - m`,
+    the covariance :math:`S = \frac1N \sum_i D_i D_i^\top` (population, 1/N) of
+
+    - ``"sample"``: the sampled latents, :math:`x = z` (eq. 18's deviations from eq. 17's mean);
+    - ``"means"``: the posterior means, :math:`x = \mu`;
+    - ``"mixture"``: the means, plus the mean individual variances on the diagonal,
+      :math:`S = \frac1N \sum_i D_i D_i^\top + \operatorname{diag}(\frac1N \sum_i
+      \sigma^{(i)2})`: the exact covariance of the batch's mixture (eq. 14).
+
+    Its diagonal is :func:`batch_moments`' variance. Formed in float64 and rounded once to the
+    accumulation dtype.
+
+    Args:
+        mu, logvar, z, variance, pattern: as in :func:`batch_moments`.
+
+    Returns:
+        ``(mean, cov)`` of shapes ``(dims,)`` and ``(dims, dims)``, in the accumulation dtype
+        (float32 for half-precision inputs).
+
+    Raises:
+        ValueError: as :func:`batch_moments`.
+
+    Example:
+        >>> import torch
+        >>> mu = torch.tensor([[1.0, 1.0], [3.0, 3.0]])
+        >>> batch_covariance(mu, torch.zeros(2, 2), variance="mixture")
+        (tensor([2., 2.]), tensor([[2., 1.],
+                [1., 2.]]))
+    """
+    mu_s, logvar_s, z_s = _moment_samples(mu, logvar, z, variance, pattern, upcast=False)
+    mean, cov = _covariance(mu_s, logvar_s, z_s, variance)
+    dtype = accumulation_dtype(mu_s)
+    return mean.to(dtype), cov.to(dtype)
+
+
+def _covariance(
+    mu_s: Tensor, logvar_s: Tensor | None, z_s: Tensor | None, variance: str
+) -> tuple[Tensor, Tensor]:
+    """Eq. 17's mean and the estimator's full covariance (float64) from the ``(samples, dims)``
+    matrices of :func:`_moment_samples`."""
+    work = torch.float64
+    mean = mu_s.to(work).mean(0)  # eq. 17
+    deviation = (z_s if variance == "sample" else mu_s).to(work) - mean  # type: ignore[union-attr]
+    cov = deviation.T @ deviation / deviation.shape[0]
+    if variance == "mixture":
+        assert logvar_s is not None
+        cov = cov + torch.diag(logvar_s.to(work).exp().mean(0))
+    return mean, cov
+
+
 def _is_matrix(tensor: object, upcast: bool = True) -> bool:
     """A plain ``(samples, dims)`` tensor that :func:`as_samples` returns unchanged for
     ``pattern=None``: in an accumulation dtype, or any floating one without ``upcast``."""
@@ -208,6 +272,7 @@ def mixture_kl(
     z: Tensor | None = None,
     *,
     variance: Variance = "sample",
+    covariance: Covariance = "diagonal",
     reduction: DimReduction = "sum",
     pattern: str | None = None,
     fused: bool | None = None,
@@ -223,9 +288,31 @@ def mixture_kl(
     The aggregate variance is clamped below at the dtype's smallest normal number, so a
     degenerate batch (all latents equal) gives a large finite loss instead of ``inf``.
 
+    ``covariance="full"`` compares the Gaussian with the aggregate's full covariance
+    :math:`S` (:func:`batch_covariance`) instead of its diagonal,
+
+    .. math::
+        \mathrm{KL}\big(\mathcal N(\bar\mu, S) \,\|\, \mathcal N(0, I)\big)
+            = \frac12\left(\operatorname{tr} S + \bar\mu^\top\bar\mu - d - \log\det S\right),
+
+    which also pulls the correlations between latent dims to zero (eq. 19 is its value for a
+    diagonal :math:`S`, and by Hadamard's inequality never below it). It is formed in float64
+    whatever the input dtype, through a Cholesky factorisation, with a closed-form gradient
+    (:mod:`mixelbo._full_covariance`; for ``"mixture"`` with ``N <= dims`` through an
+    ``(N - 1) x (N - 1)`` matrix instead). ``fused=False`` differentiates the reference
+    expression with autograd instead; any other value selects the closed form (there are no
+    fused kernels for it: BLAS and LAPACK do the work). Nothing is added to :math:`S`: where it
+    is singular (the KL infinite), ``ValueError`` is raised instead of returning ``inf`` or
+    ``NaN``. It costs :math:`O(Nd^2 + d^3)` against eq. 19's :math:`O(Nd)` (docs/benchmarks.md),
+    and the check of the factorisation synchronises with the device (a graph break under
+    ``torch.compile``).
+
     Args:
         mu, logvar, z, variance, pattern: as in :func:`batch_moments`.
-        reduction: over latent dims, ``"sum"`` (eq. 19), ``"mean"`` or ``"none"``.
+        covariance: ``"diagonal"`` (eq. 19, the default) or ``"full"``.
+        reduction: over latent dims, ``"sum"`` (eq. 19), ``"mean"`` or ``"none"``; with
+            ``covariance="full"``, ``"sum"`` (the KL) or ``"mean"`` (the KL divided by the
+            number of latent dims): the full KL has no per-dim terms, so ``"none"`` raises.
         fused: ``None`` (default): the closed-form gradient of :mod:`mixelbo._fused` with
             its fused Inductor kernels on CUDA and its eager kernels on CPU (nothing is
             compiled); ``MIXELBO_COMPILE=1`` selects the fused kernels everywhere and
@@ -237,19 +324,30 @@ def mixture_kl(
         A scalar, or the per-dimension KL of shape ``(dims,)`` for ``reduction="none"``.
 
     Shape:
-        ``mu``, ``logvar``, ``z``: ``(N, ...)``, all the same; ``N >= 2`` samples.
+        ``mu``, ``logvar``, ``z``: ``(N, ...)``, all the same; ``N >= 2`` samples (with
+        ``covariance="full"`` and ``variance="sample"`` or ``"means"``, ``N > dims``).
 
     Raises:
-        ValueError: as :func:`batch_moments`, and on an unknown ``reduction``.
+        ValueError: as :func:`batch_moments`, and on an unknown ``covariance`` or
+            ``reduction``; with ``covariance="full"``, on ``reduction="none"`` and where the
+            covariance is singular: ``"sample"``/``"means"`` with ``N <= dims`` (rank at most
+            ``N - 1``), or a failed float64 Cholesky factorisation (e.g. a dim with no spread).
 
     Example:
         >>> import torch
         >>> mu = torch.tensor([[-1.0], [1.0]])
         >>> mixture_kl(mu, torch.full((2, 1), -30.0), variance="mixture")  # N(0, 1): zero
         tensor(0.)
+        >>> mu = torch.tensor([[-1.0, -1.0], [1.0, 1.0]])  # perfectly correlated dims
+        >>> mixture_kl(mu, torch.zeros(2, 2), variance="mixture")  # each marginal N(0, 2)
+        tensor(0.3069)
+        >>> mixture_kl(mu, torch.zeros(2, 2), variance="mixture", covariance="full")
+        tensor(0.4507)
     """
     if reduction not in DIM_REDUCTIONS:
         check_option("reduction", reduction, DIM_REDUCTIONS)
+    if covariance != "diagonal":
+        return _full_covariance_kl(mu, logvar, z, variance, covariance, reduction, pattern, fused)
     # the closed form (eager mode) takes half precisions as they are, the reference float32
     upcast = fused is False or torch.compiler.is_compiling()
     mu_s, logvar_s, z_s = _moment_samples(mu, logvar, z, variance, pattern, upcast)
@@ -265,6 +363,42 @@ def mixture_kl(
     var = var.clamp_min(torch.finfo(var.dtype).tiny)
     kl_per_dim = 0.5 * (var + mean.square() - 1.0 - var.log())  # eq. 19
     return _reduce_dims(kl_per_dim, reduction)
+
+
+def check_full_covariance_options(covariance: str, reduction: str) -> None:
+    """Raise ``ValueError`` unless ``covariance`` is known and ``reduction`` fits it."""
+    check_option("covariance", covariance, COVARIANCES)
+    if covariance == "full" and reduction == "none":
+        raise ValueError(
+            "reduction='none' (per latent dim) does not apply to covariance='full': "
+            "KL(N(m, S) || N(0, I)) with a full S does not decompose over dims; use "
+            "reduction='sum' (the KL) or 'mean' (the KL / dims); got reduction='none'"
+        )
+
+
+def _full_covariance_kl(
+    mu: Tensor,
+    logvar: Tensor | None,
+    z: Tensor | None,
+    variance: str,
+    covariance: str,
+    reduction: str,
+    pattern: str | None,
+    fused: bool | None,
+) -> Tensor:
+    """:func:`mixture_kl` with ``covariance="full"``: the closed form, or (``fused=False``,
+    and under ``torch.compile``) autograd through the reference expression."""
+    check_full_covariance_options(covariance, reduction)
+    mu_s, logvar_s, z_s = _moment_samples(mu, logvar, z, variance, pattern, upcast=False)
+    samples, dims = mu_s.shape
+    if fused is False or torch.compiler.is_compiling():
+        _full_covariance.check_full_rank(variance, samples, dims)
+        mean, cov = _covariance(mu_s, logvar_s, z_s, variance)
+        chol = _full_covariance.cholesky_factor(cov, samples, variance)
+        kl = _full_covariance.kl_from_cholesky(cov, chol, mean).to(accumulation_dtype(mu_s))
+    else:
+        kl = _full_covariance.mixture_kl_full(mu_s, logvar_s, z_s, variance)
+    return kl if reduction == "sum" else kl / dims
 
 
 def individual_variance_kl(

@@ -67,6 +67,8 @@ class RegularizedELBO(nn.Module):
         beta1, beta2, beta3, beta4: the weights of eq. 22; ``beta4=0`` drops the adversarial
             term and builds no discriminator.
         variance: aggregate-variance estimator of KL_G (see :class:`~mixelbo.MixtureKL`).
+        covariance: ``"diagonal"`` (eq. 19, default) or ``"full"``: KL_G against the full
+            aggregate covariance (see :class:`~mixelbo.MixtureKL`).
         kl_i_form: ``"paper"`` or ``"kl"`` (see :class:`~mixelbo.IndividualVarianceKL`).
         kl_i_reduction: reduction of KL_I, ``"batchmean"`` (per image, the default), ``"sum"``
             (eq. 20 as printed) or ``"mean"``.
@@ -116,6 +118,7 @@ class RegularizedELBO(nn.Module):
         pattern: str | None = None,
         adaptive_weight: bool | AdaptiveAdversarialWeight = False,
         sync: bool | ProcessGroup = False,
+        covariance: F.Covariance = "diagonal",
     ) -> None:
         super().__init__()
         check_option("kl_i_reduction", kl_i_reduction, ("sum", "batchmean", "mean"))
@@ -123,7 +126,9 @@ class RegularizedELBO(nn.Module):
             "reconstruction_reduction", reconstruction_reduction, ("sum", "batchmean", "mean")
         )
         self.beta1, self.beta2, self.beta3, self.beta4 = beta1, beta2, beta3, beta4
-        self.kl_g = MixtureKL(variance=variance, reduction="sum", pattern=pattern, sync=sync)
+        self.kl_g = MixtureKL(
+            variance=variance, reduction="sum", pattern=pattern, sync=sync, covariance=covariance
+        )
         self.kl_i = IndividualVarianceKL(form=kl_i_form, reduction=kl_i_reduction, pattern=pattern)
         self.reconstruction_reduction = reconstruction_reduction
         if adversarial is None and beta4 != 0:
