@@ -2,7 +2,9 @@
 
 Layout of a run folder::
 
+    RUN/.lock                             the lock of the trainer using it (run_folder.RunLock)
     RUN/config.toml                       resolved TrainConfig
+    RUN/config_changes.jsonl              what each --resume changed, once one did
     RUN/metrics.jsonl                     logged loss terms, one JSON object per logged step
     RUN/tensorboard/                      TensorBoard events
     RUN/checkpoints/step_00001000/
@@ -13,11 +15,16 @@ Layout of a run folder::
 
 A checkpoint is written into a hidden temporary folder in ``checkpoints/`` and renamed into
 place with one ``os.replace``: a reader sees either the whole checkpoint or none of it, and a
-crash mid-save leaves the previous checkpoints untouched. Only the newest ``keep`` are kept.
+crash mid-save leaves the previous checkpoints untouched. The files are serialized in memory
+and written with plain file writes, so a full disk raises ``OSError`` (``ENOSPC``) like any
+other write; a failed save removes its temporary folder. The folder is synced before the older
+checkpoints are deleted, so a power loss cannot lose both. Only the newest ``keep`` are kept.
+A temporary folder left by a killed save is removed by :func:`remove_partial_checkpoints`.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import re
@@ -28,7 +35,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from mixelbo_reference.config import TrainConfig, load_toml, save_toml
@@ -41,12 +49,14 @@ __all__ = [
     "list_checkpoints",
     "load_run",
     "load_training_state",
+    "remove_partial_checkpoints",
     "resolve_checkpoint",
     "restore_rng_state",
     "save_checkpoint",
 ]
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+_TEMPORARY_DIR = re.compile(r"^\.step_\d+\..*\.tmp$")
 
 
 def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
@@ -133,6 +143,39 @@ def _fsync(path: Path) -> None:
         os.fsync(file.fileno())
 
 
+def _fsync_folder(path: Path) -> None:
+    """Make a rename in ``path`` durable (POSIX; a folder cannot be opened on Windows)."""
+    if os.name == "posix":
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_bytes(path: Path, data: bytes | memoryview) -> None:
+    """Write ``data`` with Python's file I/O, so a full disk raises ``OSError(ENOSPC)``."""
+    with open(path, "wb") as file:
+        file.write(data)
+
+
+def remove_partial_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary folders of saves that never finished (a trainer killed mid-save).
+
+    Call it only while holding the run folder's lock: a running save's folder looks the same.
+
+    Returns:
+        The folders deleted.
+    """
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    stale = [p for p in root.iterdir() if p.is_dir() and _TEMPORARY_DIR.match(p.name)]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
 def save_checkpoint(
     run_dir: str | os.PathLike[str],
     step: int,
@@ -158,6 +201,8 @@ def save_checkpoint(
 
     Raises:
         ValueError: if ``keep < 1`` or a checkpoint for ``step`` already exists.
+        OSError: if a write fails (e.g. ``ENOSPC``); the partial checkpoint is removed and the
+            previous ones are untouched.
     """
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
@@ -169,10 +214,13 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
     try:
         metadata = {"step": str(step), "model": config.model}
-        save_file(_tensors(vae), tmp / "vae.safetensors", metadata=metadata)
+        _write_bytes(tmp / "vae.safetensors", safetensors_bytes(_tensors(vae), metadata))
         if discriminator is not None:
-            save_file(_tensors(discriminator), tmp / "discriminator.safetensors", metadata=metadata)
-        torch.save({"step": step, **state}, tmp / "state.pt")
+            weights = safetensors_bytes(_tensors(discriminator), metadata)
+            _write_bytes(tmp / "discriminator.safetensors", weights)
+        buffer = io.BytesIO()
+        torch.save({"step": step, **state}, buffer)
+        _write_bytes(tmp / "state.pt", buffer.getbuffer())
         save_toml(config, tmp / "config.toml")
         for file in tmp.iterdir():
             _fsync(file)
@@ -180,6 +228,7 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _fsync_folder(root)  # the rename is on disk before an older checkpoint goes
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -20,6 +20,10 @@ Usage::
     mixelbo-train --run-dir runs/x --resume --steps 4000   # continue a run exactly
     torchrun --nproc-per-node 8 -m mixelbo_reference.train --config paper-256 --data ...
 
+The run folder is owned by one trainer at a time, a full disk stops the run with one line and
+the last good checkpoint intact, and ``--resume`` refuses options that differ from the run's
+config unless ``--override-config`` (:mod:`mixelbo_reference.run_folder`).
+
 Exact resume: the data order is a per-epoch permutation drawn from a generator seeded by
 (seed, epoch), the flips are a function of (seed, epoch, index), and a checkpoint stores the
 optimizers, the GradScaler, the data position and every RNG state; on CPU with a fixed seed the
@@ -33,9 +37,10 @@ import math
 import os
 import random
 import sys
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -52,24 +57,35 @@ from tqdm.auto import tqdm
 from mixelbo import functional as MF
 from mixelbo_reference.checkpoint import (
     capture_rng_state,
+    checkpoint_step,
     latest_checkpoint,
     load_training_state,
+    remove_partial_checkpoints,
     restore_rng_state,
     save_checkpoint,
 )
-from mixelbo_reference.config import TrainConfig, config_from_args, load_toml, save_toml
+from mixelbo_reference.config import (
+    TrainConfig,
+    _merge_defaults,
+    config_from_args,
+    load_toml,
+    save_toml,
+)
 from mixelbo_reference.data import fixed_batch, to_unit_range
 from mixelbo_reference.models import build_discriminator, build_vae, count_parameters
 from mixelbo_reference.objectives import build_objective, world_size
+from mixelbo_reference.run_folder import (
+    DiskFullError,
+    RunFolderError,
+    RunFolderInUseError,
+    RunLock,
+    describe_changes,
+    is_disk_full,
+    resume_changes,
+    stop_on_full_disk,
+)
 
 __all__ = ["EpochBatchSampler", "NonFiniteLossError", "train"]
-
-# Fields that must not change when a run is resumed (they change the trajectory).
-_RESUME_INVARIANTS = (
-    "model", "objective", "beta", "beta1", "beta2", "beta3", "variance", "mmd_weight", "gan",
-    "data", "train_split", "procedural_size", "holdout", "batch_size", "lr", "disc_lr",
-    "adam_beta1", "adam_beta2", "seed",
-)  # fmt: skip
 
 
 _NEVER = torch.iinfo(torch.int64).max
@@ -159,25 +175,123 @@ def _to_image(x: Tensor) -> Tensor:
 def train(config: TrainConfig) -> Path:
     """Train a VAE-GAN as ``config`` says; returns the run folder.
 
+    The run folder is locked for the whole run (under DDP by rank 0), before anything is
+    written into it.
+
     Raises:
         NonFiniteLossError: when a loss term is NaN or infinite, at the next log, image or
             checkpoint step (nothing is logged or saved from the non-finite step on; the last
             good checkpoint stays on disk).
-        ValueError: on an inconsistent config or resume.
+        RunFolderInUseError: if another trainer holds the run folder (nothing was written).
+        RunFolderError: on a resume whose options differ from the run's config (see
+            :func:`mixelbo_reference.run_folder.resume_changes`), a resume without a
+            checkpoint, or a new run in a folder that has checkpoints (a ``ValueError``).
+        DiskFullError: when a write into the run folder fails for lack of space or quota (the
+            last good checkpoint stays on disk, complete).
+        ValueError: on an inconsistent config.
     """
+    if config.override_config and not config.resume:
+        raise RunFolderError("--override-config applies to --resume only")
     # ---- processes and device (torchrun sets WORLD_SIZE, RANK, LOCAL_RANK) ----------------
     started_group = False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         use_nccl = torch.cuda.is_available() and config.device != "cpu"
         dist.init_process_group("nccl" if use_nccl else "gloo")
         started_group = True
-    world, rank = world_size(), dist.get_rank() if world_size() > 1 else 0
-    device = _resolve_device(config.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    try:
+        world, rank = world_size(), dist.get_rank() if world_size() > 1 else 0
+        device = _resolve_device(config.device)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+        run_dir = Path(config.run_dir) if config.run_dir else _default_run_dir(config)
+        if world > 1:  # every rank must use rank 0's folder (the default name has a timestamp)
+            shared = [str(run_dir)]
+            dist.broadcast_object_list(shared, src=0)
+            run_dir = Path(shared[0])
+        if config.resume and not run_dir.is_dir():
+            raise RunFolderError(f"--resume: run folder {str(run_dir)!r} does not exist")
+        lock = _lock_run_folder(run_dir, rank, world)
+        try:
+            with _quiet_full_disk_in_writer_threads():
+                return _train(
+                    config, run_dir, device, world, rank, locked=bool(lock and lock.locked)
+                )
+        finally:
+            if lock is not None:
+                lock.release()
+    finally:
+        if started_group:
+            dist.destroy_process_group()
+
+
+def _command_name() -> str:
+    """How a lock names its holder: ``mixelbo-compare`` etc. when one of those called train."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return name if name.startswith("mixelbo-") else "mixelbo-train"
+
+
+def _lock_run_folder(run_dir: Path, rank: int, world: int) -> RunLock | None:
+    """Rank 0 locks the run folder; every rank raises if it could not, with rank 0's reason."""
+    lock, failure = None, None
+    refusal: tuple[bool, str] | None = None  # (in use?, message)
+    if rank == 0:
+        try:
+            with stop_on_full_disk(run_dir / ".lock"):
+                lock = RunLock.acquire(run_dir, command=_command_name())
+        except Exception as error:  # every rank must hear of it, or the others would hang
+            failure = error
+            refusal = (isinstance(error, RunFolderInUseError), str(error))
+    if world > 1:
+        shared = [refusal]
+        dist.broadcast_object_list(shared, src=0)
+        refusal = shared[0]
+    if failure is not None:
+        raise failure
+    if refusal is not None:  # ranks > 0
+        in_use, message = refusal
+        if in_use:
+            raise RunFolderInUseError(message)
+        raise RunFolderError(f"rank 0 could not lock the run folder: {message}")
+    return lock
+
+
+@contextmanager
+def _quiet_full_disk_in_writer_threads() -> Iterator[None]:
+    """Keep TensorBoard's writer thread from printing a traceback on a full disk.
+
+    Its error is raised again in the training thread at the next TensorBoard call, where
+    :func:`stop_on_full_disk` turns it into one line.
+    """
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not (
+            is_disk_full(args.exc_value) and type(args.thread).__name__ == "_AsyncWriterThread"
+        ):
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
+
+
+def _logged_step(line: str) -> float:
+    """The step of a ``metrics.jsonl`` line; infinite for a torn line (a killed write)."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+def _train(
+    config: TrainConfig, run_dir: Path, device: torch.device, world: int, rank: int, locked: bool
+) -> Path:
+    """:func:`train` once the processes are up and the run folder is locked."""
     precision = config.precision
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
@@ -189,39 +303,55 @@ def train(config: TrainConfig) -> Path:
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
 
     # ---- run folder ----------------------------------------------------------------------
-    run_dir = Path(config.run_dir) if config.run_dir else _default_run_dir(config)
-    if world > 1:  # every rank must use rank 0's folder (the default name has a timestamp)
-        shared = [str(run_dir)]
-        dist.broadcast_object_list(shared, src=0)
-        run_dir = Path(shared[0])
-    resume_from = latest_checkpoint(run_dir) if config.resume else None
+    is_main = rank == 0
+    last_checkpoint = latest_checkpoint(run_dir)
+
+    def writing(path: Path | None) -> Any:
+        """A full disk while writing ``path`` stops the run with one line (DiskFullError)."""
+        return stop_on_full_disk(path, lambda: last_checkpoint)
+
+    resume_from = last_checkpoint if config.resume else None
+    changes: dict[str, tuple[Any, Any]] = {}
     if config.resume:
         if resume_from is None:
-            raise ValueError(f"--resume: run folder {str(run_dir)!r} has no checkpoint")
-        saved = load_toml(resume_from / "config.toml")
-        changed = [k for k in _RESUME_INVARIANTS if saved.get(k) != getattr(config, k)]
-        if changed:
-            raise ValueError(
-                "--resume: these options differ from the run's config.toml and would change "
-                "the trajectory: "
-                + ", ".join(f"{k}={saved.get(k)!r}->{getattr(config, k)!r}" for k in changed)
-            )
-    elif latest_checkpoint(run_dir) is not None:
-        raise ValueError(
+            raise RunFolderError(f"--resume: run folder {str(run_dir)!r} has no checkpoint")
+        saved_path = run_dir / "config.toml"  # the run's options, as last accepted
+        if not saved_path.is_file():
+            saved_path = resume_from / "config.toml"
+        saved = TrainConfig.from_dict(_merge_defaults(load_toml(saved_path)))
+        changes = resume_changes(saved, config, checkpoint_step(resume_from))
+    elif last_checkpoint is not None:
+        raise RunFolderError(
             f"run_dir {str(run_dir)!r} already has checkpoints; pass --resume to continue it "
             "or choose another --run-dir"
         )
-    is_main = rank == 0
+    recorded = config.replace(override_config=False)  # a later resume must ask again
     if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_toml(config, run_dir / "config.toml")
+        if locked:  # no other trainer: what a killed one left half-written can go
+            remove_partial_checkpoints(run_dir)
+            for stale in run_dir.glob(".*.tmp-*"):
+                stale.unlink(missing_ok=True)
+        with writing(run_dir / "config.toml"):
+            save_toml(recorded, run_dir / "config.toml")
+        if changes:
+            with (
+                writing(run_dir / "config_changes.jsonl"),
+                open(run_dir / "config_changes.jsonl", "a") as record,
+            ):
+                record.write(json.dumps({
+                    "step": checkpoint_step(resume_from) if resume_from else 0,
+                    "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "override_config": config.override_config,
+                    "changes": {k: list(v) for k, v in changes.items()},
+                }) + "\n")  # fmt: skip
 
     # ---- data (flips and order are functions of the seed; see EpochBatchSampler) ---------
     random.seed(config.seed)
     np.random.seed(config.seed)  # noqa: NPY002 (the legacy global RNG, saved in checkpoints)
     torch.manual_seed(config.seed)
     model_config = config.model_config
-    train_ds, test_ds = config.datasets()
+    with writing(None):  # the procedural dataset's cache may be written on first use
+        train_ds, test_ds = config.datasets()
     batches_per_epoch = len(train_ds) // config.batch_size
     if batches_per_epoch == 0:
         raise ValueError(
@@ -288,23 +418,32 @@ def train(config: TrainConfig) -> Path:
 
     writer = None
     metrics_file = None
+    tensorboard_dir, metrics_path = run_dir / "tensorboard", run_dir / "metrics.jsonl"
     if is_main:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step if step else None)
-        metrics_path = run_dir / "metrics.jsonl"
+        with writing(tensorboard_dir):
+            writer = SummaryWriter(str(tensorboard_dir), purge_step=step if step else None)
         if step and metrics_path.is_file():  # drop lines logged after the checkpoint
             lines = metrics_path.read_text().splitlines(keepends=True)
-            kept = [line for line in lines if json.loads(line)["step"] <= step]
-            metrics_path.write_text("".join(kept))
-        metrics_file = open(metrics_path, "a")  # noqa: SIM115 (closed below)
+            # (and a torn last line, written when a trainer was killed)
+            kept = [line for line in lines if _logged_step(line) <= step]
+            kept = [line if line.endswith("\n") else line + "\n" for line in kept]
+            partial = metrics_path.with_name(f".{metrics_path.name}.tmp-{os.getpid()}")
+            with writing(metrics_path):
+                partial.write_text("".join(kept))
+                os.replace(partial, metrics_path)
+        with writing(metrics_path):  # a new run starts a new file
+            metrics_file = open(metrics_path, "a" if step else "w")  # noqa: SIM115 (closed below)
         disc_params = count_parameters(disc) if disc is not None else 0
         print(
             f"mixelbo-train: {config.model} ({count_parameters(vae) / 1e6:.2f} M VAE, "
             f"{disc_params / 1e6:.2f} M discriminator parameters), objective {config.objective}"
             f"{'' if disc is not None else ' without GAN'}, {len(train_ds)} train / "
             f"{len(test_ds)} test images, {device}, {precision}, world size {world}; "
-            f"run folder {run_dir}" + (f"; resuming at step {step}" if step else ""),
+            f"run folder {run_dir}"
+            + (f"; resuming at step {step}" if step else "")
+            + (f" with changed options: {describe_changes(changes)}" if changes else ""),
             file=sys.stderr,
         )
 
@@ -327,7 +466,7 @@ def train(config: TrainConfig) -> Path:
                 "world_size": world,
             }
             path = save_checkpoint(
-                run_dir, step, vae=vae, discriminator=disc, state=state, config=config,
+                run_dir, step, vae=vae, discriminator=disc, state=state, config=recorded,
                 keep=config.keep_checkpoints,
             )  # fmt: skip
         if world > 1:
@@ -371,8 +510,8 @@ def train(config: TrainConfig) -> Path:
         unit_scale=True, dynamic_ncols=True, disable=not (config.progress and is_main),
         desc=f"{config.model} {config.objective}",
     )  # fmt: skip
-    last_checkpoint = latest_checkpoint(run_dir)
     tic, tic_step = time.perf_counter(), step
+    failed = False
     # the first step each loss term was non-finite, on the device (a scalar until step 1)
     first_bad = torch.full((), _NEVER, dtype=torch.int64, device=device)
     last_layer = {"last_layer": vae.last_layer} if config.adaptive_weight else {}
@@ -438,42 +577,69 @@ def train(config: TrainConfig) -> Path:
                     named["kl_per_dim_mean"] = MF.kl_per_dim(mu_f, logvar_f).mean().item()
                     named["mean_posterior_sigma"] = MF.mean_posterior_sigma(logvar_f).item()
                     named["active_units_batch"] = float(MF.active_units(mu_f).item())
-                    for key, value in named.items():
-                        writer.add_scalar(f"train/{key}", value, step)
-                    writer.add_scalar("speed/images_per_s", rate, step)
-                    metrics_file.write(json.dumps({"step": step, "epoch": epoch, **named}) + "\n")
-                    metrics_file.flush()
+                    with writing(tensorboard_dir):
+                        for key, value in named.items():
+                            writer.add_scalar(f"train/{key}", value, step)
+                        writer.add_scalar("speed/images_per_s", rate, step)
+                    with writing(metrics_path):
+                        line = json.dumps({"step": step, "epoch": epoch, **named})
+                        metrics_file.write(line + "\n")
+                        metrics_file.flush()
                     progress.set_postfix(loss=f"{named['total']:.4g}", step=step, refresh=False)
                 if images_now:
-                    log_images_and_diagnostics()
+                    with writing(tensorboard_dir):
+                        log_images_and_diagnostics()
                 if checkpoint_now:
-                    last_checkpoint = checkpoint()
+                    with writing(run_dir / "checkpoints" / f"step_{step:08d}"):
+                        last_checkpoint = checkpoint()
                 if step >= total_steps:
                     break
+    except BaseException:
+        failed = True
+        raise
     finally:
         progress.close()
-        if writer is not None:
-            writer.close()
-        if metrics_file is not None:
-            metrics_file.close()
-        if started_group:
-            dist.destroy_process_group()
+        # after a failure, closing may fail again (a full disk): the first error is the one
+        closing: list[Exception] = []
+        for path, handle in ((tensorboard_dir, writer), (metrics_path, metrics_file)):
+            try:
+                if handle is not None:
+                    with writing(path):
+                        handle.close()
+            except Exception as error:
+                closing.append(error)
+        if closing and not failed:
+            raise closing[0]
     return run_dir
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The ``mixelbo-train`` command; returns the exit status."""
+    """The ``mixelbo-train`` command; returns the exit status.
+
+    Returns:
+        0 when the run finished; 2 for a usage error or a run folder that cannot be used as
+        asked (in use, a mismatched resume); 1 when the run stopped on a non-finite loss or a
+        full disk. Each error is one line on stderr, without a traceback.
+    """
     try:
         config = config_from_args(argv)
     except ValueError as error:
         print(f"mixelbo-train: error: {error}", file=sys.stderr)
         return 2
+    rank = int(os.environ.get("RANK", "0"))
     try:
         run_dir = train(config)
+    except RunFolderError as error:
+        if rank == 0:  # every rank raises it, with the same message
+            print(f"mixelbo-train: error: {error}", file=sys.stderr)
+        return 2
+    except DiskFullError as error:
+        print(f"mixelbo-train: error: {error}", file=sys.stderr)
+        return 1
     except NonFiniteLossError as error:
         print(f"mixelbo-train: {error}", file=sys.stderr)
         return 1
-    if int(os.environ.get("RANK", "0")) == 0:
+    if rank == 0:
         print(f"mixelbo-train: done; run folder {run_dir}")
     return 0
 

@@ -132,7 +132,7 @@ def test_resume_refuses_changed_trajectory_options(tmp_path: Path, cache_dir: st
     train(config)
     with pytest.raises(ValueError, match="already has checkpoints"):
         train(config)
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(ValueError, match="--batch-size: saved 8, given 4"):
         train(config.replace(resume=True, steps=4, batch_size=4))
 
 
