@@ -201,12 +201,14 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
 def test_real_digits_score_far_better_than_degraded_ones(
     digits: dict[str, torch.Tensor], degraded: str
 ) -> None:
-    # measured: train FID 1.5, KID 0.01, P/R 0.93/0.93; blurred 63, 2.4, 0.39/0.003;
-    # shuffled 67, 1.9, 0/0
+    # measured: train FID 1.5, KID 0.01, P/R 0.93/0.93; blurred 63, 2.4 +- 0.24, 0.39/0.003;
+    # shuffled 67, 1.9, 0/0. KID's spread over subsets is about a tenth of its mean, so the
+    # two KIDs are told apart by three subset deviations each (ten of the degraded one's
+    # failed once in CI: 0.009 + 2.41 against 2.395).
     good = compare_sets(digits["test"], digits["train"], kid_subset_size=100)
     bad = compare_sets(digits["test"], digits[degraded], kid_subset_size=100)
     assert good["fid"] * 10 < bad["fid"]
-    assert good["kid_mean"] + 10 * bad["kid_std"] < bad["kid_mean"]
+    assert good["kid_mean"] + 3 * good["kid_std"] < bad["kid_mean"] - 3 * bad["kid_std"]
     assert good["precision"] > 0.8 and good["recall"] > 0.8
     assert bad["precision"] < good["precision"] - 0.3
     assert bad["recall"] < 0.2
