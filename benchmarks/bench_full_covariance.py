@@ -43,9 +43,6 @@ Results go to ``benchmarks/results/bench_full_covariance-cpu[-quick]-<UTC timest
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -55,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_losses import load_average, machine_description, write_json  # beside this file
 from torch.distributions import MultivariateNormal, kl_divergence
 
 from mixelbo import functional as F
@@ -74,26 +72,6 @@ CASES = [
 QUICK_CASES = [(64, 8, "mixture")]
 METHODS = ("plain", "reference", "default", "diagonal")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
-def machine_description() -> dict[str, Any]:
-    cpu_model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu_model": cpu_model,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "load_average_before": list(os.getloadavg()),
-    }
 
 
 def plain_expression(variance: str) -> Callable[..., torch.Tensor]:
@@ -299,13 +277,6 @@ def _case(text: str) -> tuple[int, int, str]:
     return case
 
 
-def write_json(path: Path, result: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one small case, short (tests)")
@@ -329,7 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     cases = args.cases or (QUICK_CASES if args.quick else CASES)
     min_time = args.min_time if args.min_time is not None else (0.05 if args.quick else 1.0)
     started = time.perf_counter()
-    result: dict[str, Any] = {"machine": machine_description(), "rows": []}
+    result: dict[str, Any] = {
+        "machine": machine_description("cpu") | {"load_average_before": load_average()},
+        "rows": [],
+    }
     label = f"bench_full_covariance-cpu{'-quick' if args.quick else ''}"
     if args.accuracy:
         label, cases = "bench_full_covariance-accuracy", []
@@ -342,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         print_rows(rows)
         sys.stdout.flush()
         write_json(partial, result | {"partial": True})
-    result["machine"]["load_average_after"] = list(os.getloadavg())
+    result["machine"]["load_average_after"] = load_average()
     result["settings"] = {
         "quick": args.quick, "min_time_s": min_time, "methods": list(args.methods),
         "command": " ".join(sys.argv), "dtype": "float32 inputs",

@@ -63,6 +63,7 @@ from mixelbo_reference.report import (
     write_json,
     write_report,
 )
+from mixelbo_reference.sample_quality import PRIOR_SAMPLERS, SAMPLER_LABELS
 
 __all__ = [
     "BUDGETS",
@@ -107,8 +108,8 @@ class Budget:
 BUDGETS: dict[str, Budget] = {
     # Issue 21's scale: the demo's cpu-32 (grey on MNIST) at twice the demo's steps, where
     # the baselines' samples are mostly legible digits; 54 runs (18 points x 3 seeds), without
-    # the GAN stage. Measured on the 2-core VM: 6.5 min a run, two at a time, while other
-    # work shared the cores (docs/results.md).
+    # the GAN stage. Measured on the 2-core VM: a median 6.5 min a run (5.3-8.6), two at a
+    # time, so about 3 hours in all (docs/results.md).
     "default": Budget("cpu-32", steps=3000, batch_size=32, seeds=(0, 1, 2), procedural_size=2500),
     # Issue 11's budget (docs/results.md, "the objective study"): 800 steps, with the GAN
     # stage; every objective's samples are scribbles at this size.
@@ -149,11 +150,10 @@ KID_SUBSETS = 10
 and 100 subsets of 1000 images cost about as much as training a default-budget run)."""
 PRIOR_SEED_OFFSET = 7919
 """Added to a run's seed for its prior samples (kept apart from its training RNG)."""
-EX_POST_SAMPLERS: tuple[str, ...] = ("gaussian", "gmm")
-"""The ex-post samplers every run is also scored with (fitted to the posterior means of its
-training split): :class:`mixelbo.GaussianSampler` and a 10-component
-:class:`mixelbo.GaussianMixtureSampler`; ``prior`` is N(0, I)."""
-SAMPLERS: tuple[str, ...] = ("prior", *EX_POST_SAMPLERS)
+SAMPLERS: tuple[str, ...] = PRIOR_SAMPLERS
+"""Where every run's samples are scored from: N(0, I) and the ex-post samplers fitted to the
+posterior means of its training split (:data:`~mixelbo_reference.sample_quality.PRIOR_SAMPLERS`)."""
+EX_POST_SAMPLERS: tuple[str, ...] = tuple(s for s in SAMPLERS if s != "prior")
 
 
 @dataclass(frozen=True)
@@ -191,8 +191,10 @@ EQ22_WEIGHTS: tuple[tuple[float, float], ...] = (
     (2000.0, 1.0),
 )
 """``(beta3, beta2)`` of the eq. 22 families: the L1 weight against KL_G (5000 with KL_I 0.1
-is the recommended preset) and, at 2000, a ten times stronger KL_I. At 1000 the first seed
-already reconstructed better than the VAE (test L1 0.046 against 0.049), hence 500."""
+is the recommended preset) down to 500, and at 2000 a ten times stronger KL_I. Without the 500
+point every diagonal eq. 22 point of the first 48 runs reconstructed better than the VAE (test
+L1 0.050-0.051 against 0.052, three seeds; the KL_I point is dominated), so its frontier did not
+reach the VAE's L1."""
 
 
 def _eq22_label(covariance: str, beta3: float, beta2: float) -> str:
@@ -201,8 +203,8 @@ def _eq22_label(covariance: str, beta3: float, beta2: float) -> str:
 
 
 def sweep_points() -> list[Point]:
-    """The points trained without the adversarial term (18: four per baseline family, five
-    per eq. 22 family).
+    """The points trained without the adversarial term (18: four per baseline family, five per
+    eq. 22 family).
 
     Each family is swept along its own strength: the KL weight of the beta-VAE, the MMD
     weight of WAE-MMD, and for eq. 22 (diagonal and full-covariance KL_G) the L1 weight
@@ -494,6 +496,46 @@ def _headlines(points: list[dict[str, Any]], families: Sequence[str]) -> dict[st
     return out
 
 
+def _headlines_by_seed(
+    folder: Path, points: list[Point], seeds: Sequence[int], families: Sequence[str]
+) -> dict[str, Any]:
+    """The headline of each seed alone, and its spread over the seeds.
+
+    For each seed, :func:`_headlines` of that seed's runs (each family's frontier at that
+    seed's VAE L1, the ex-post sampler chosen on that seed's validation split); then per family
+    the mean and sd over the seeds of those FIDs: the headline's own spread, paired by seed
+    (the mean headline interpolates the frontier of mean scores instead).
+
+    Returns:
+        ``{"seeds": {seed: {family: {"prior": fid, "ex_post": fid, "ex_post_sampler": name}}},
+        "prior": {family: (mean, sd)}, "ex_post": {family: (mean, sd)}}``.
+    """
+    per_seed: dict[str, Any] = {}
+    for seed in seeds:
+        scored = [(p, _read_json(folder / "scores" / f"{p.name}-s{seed}.json")) for p in points]
+        rows = [_summary(point, [score]) for point, score in scored if score is not None]
+        headline = _headlines(rows, families)
+        per_seed[str(seed)] = {
+            family: {
+                "prior": headline[family]["prior"]["fid"][0],
+                "ex_post": headline[family]["ex_post"]["fid"][0],
+                "ex_post_sampler": headline[family]["ex_post_sampler"],
+            }
+            for family in families
+            if family in headline
+        }
+    spread = {
+        kind: {
+            family: _mean_sd(
+                [entry[family][kind] for entry in per_seed.values() if family in entry]
+            )
+            for family in families
+        }
+        for kind in ("prior", "ex_post")
+    }
+    return {"seeds": per_seed} | spread
+
+
 def _run_points(
     dataset: str,
     budget: Budget,
@@ -503,24 +545,36 @@ def _run_points(
     timing: dict[str, float],
     progress: bool,
     device: str,
-    shard: tuple[int, int] = (0, 1),
     train: bool = True,
 ) -> list[dict[str, Any]]:
-    """Train and score every (point, seed) not done yet whose index is ``k`` modulo ``n`` for
-    ``shard = (k, n)``; the summaries of the points whose seeds are all scored (``train=False``:
-    train nothing and summarise every point with a scored seed)."""
+    """Train and score every (point, seed) not scored yet that no other process has claimed;
+    the summaries of the points whose seeds are all scored (``train=False``: train nothing and
+    summarise every point with a scored seed).
+
+    A run is claimed by an exclusive ``flock`` on ``ROOT/claims/RUN/.lock``
+    (:class:`~mixelbo_reference.run_folder.RunLock`), held from before its training until its
+    score is written: the workers of ``--jobs`` (or two ``mixelbo-study`` calls on one folder)
+    each take the next free run, and a killed worker's claim ends with it."""
+    from mixelbo_reference.run_folder import RunFolderInUseError, RunLock
+
     jobs = [(p, s) for s in budget.seeds for p in points]  # every point's first seed first
-    index, count = shard
     summaries = []
     bar = tqdm(total=len(jobs), desc=f"study {dataset}", unit="run", disable=not progress)
-    for position, (point, seed) in enumerate(jobs):
+    for point, seed in jobs:
         name = f"{point.name}-s{seed}"
         score_path = root / "scores" / f"{name}.json"
-        if train and position % count == index and not score_path.is_file():
-            config = _config(dataset, budget, point, seed, root / "runs" / name, device)
-            saved = _train_and_score(config, budget, name, scorer, timing, progress)
-            score_path.parent.mkdir(parents=True, exist_ok=True)
-            write_json(saved, score_path)
+        if train and not score_path.is_file():
+            try:
+                claim = RunLock.acquire(root / "claims" / name, command="mixelbo-study")
+            except RunFolderInUseError:  # another worker trains it
+                claim = None
+            if claim is not None:
+                with claim:
+                    if not score_path.is_file():  # scored while this one waited for its claim
+                        config = _config(dataset, budget, point, seed, root / "runs" / name, device)
+                        saved = _train_and_score(config, budget, name, scorer, timing, progress)
+                        score_path.parent.mkdir(parents=True, exist_ok=True)
+                        write_json(saved, score_path)
         bar.update()
     bar.close()
     for point in points:
@@ -619,7 +673,6 @@ def study(
     report: bool = True,
     elapsed: float = 0.0,
     jobs: int = 1,
-    shard: tuple[int, int] = (0, 1),
     stage: str = "all",
 ) -> dict[str, Any]:
     """Run (or finish) the study and write ``study.{md,html,json}`` into ``out``.
@@ -636,8 +689,6 @@ def study(
         elapsed: wall seconds already spent on this call's work elsewhere (the workers),
             added to the study's total.
         jobs: how many worker processes trained the runs in parallel (for the report).
-        shard: ``(k, n)``: train only the runs whose index is ``k`` modulo ``n`` (a worker's
-            share); the others must be scored already for the GAN stage and the report.
         stage: ``"all"``; ``"sweep"`` to stop after the points without the GAN term;
             ``"report"`` to train nothing and report the runs scored so far (a study in
             progress: its points' seeds are the scored ones).
@@ -663,15 +714,15 @@ def study(
         folder = root / dataset
         scorer: list[_Scorer] = []
         train = stage != "report"
-        run = (dataset, plan, points, folder, scorer, timing, progress, device, shard, train)
+        run = (dataset, plan, points, folder, scorer, timing, progress, device, train)
         summaries = _run_points(*run)
         if stage == "sweep" or (train and len(summaries) < len(points)) or not summaries:
-            continue  # a worker's share: the other shards' runs are not scored yet
+            continue  # a worker: the runs other workers claimed are not all scored yet
         present = [f for f in families if any(p["family"] == f for p in summaries)]
         chosen = {family: _best(summaries, family) for family in present}
         with_gan = [by_label[chosen[f]["label"]].with_gan() for f in present]
         if plan.gan_stage:
-            run = (dataset, plan, with_gan, folder, scorer, timing, progress, device, shard, train)
+            run = (dataset, plan, with_gan, folder, scorer, timing, progress, device, train)
             summaries += _run_points(*run)
         first = _first_score(folder)
         results[dataset] = {
@@ -688,6 +739,7 @@ def study(
                 for sampler in SAMPLERS
             },
             "headline": _headlines(summaries, present),
+            "headline_by_seed": _headlines_by_seed(folder, points, plan.seeds, present),
             "points": summaries,
         }
         if report:  # the figures (a worker of --jobs leaves them to the merging call)
@@ -720,8 +772,8 @@ def study(
 
 
 def _run_workers(args: argparse.Namespace, jobs: int) -> float:
-    """``jobs`` ``mixelbo-study`` processes, each training every ``jobs``-th run of every
-    dataset with ``args.threads // jobs`` torch threads, its log in ``OUT/worker-K.log``: one
+    """``jobs`` ``mixelbo-study`` processes, each training the next run no other one has claimed
+    with ``args.threads // jobs`` torch threads, its log in ``OUT/worker-K.log``: one
     round for the sweep, and one for the GAN stage if the budget has it (its points are chosen
     from the whole sweep); a progress bar over the finished scores. The wall seconds taken."""
     import subprocess
@@ -747,7 +799,7 @@ def _run_workers(args: argparse.Namespace, jobs: int) -> float:
                     sys.executable, "-m", "mixelbo_reference.study", "--out", args.out,
                     "--budget", args.budget, "--datasets", *args.datasets, "--families",
                     *args.families, "--device", args.device, "--threads", str(threads),
-                    "--jobs", "1", "--no-progress", "--no-report", "--shard", f"{k}/{jobs}",
+                    "--jobs", "1", "--no-progress", "--no-report",
                     "--stage", stage,
                 ]  # fmt: skip
                 log = (root / f"worker-{k}.log").open("a")
@@ -786,31 +838,40 @@ def _save(figure: Any, path: Path) -> None:
     os.replace(temporary, path)
 
 
-_SAMPLER_TITLES = {
-    "prior": "z ~ N(0, I)",
-    "gaussian": "ex-post full Gaussian",
-    "gmm": "ex-post 10-component GMM",
-}
-
-
 def _figures(root: Path, dataset: str, points: list[dict[str, Any]]) -> None:
     """``DATASET_frontier.png`` (test L1 against FID) and ``DATASET_precision_recall.png``,
-    one panel per sampler of :data:`SAMPLERS`."""
+    one panel per sampler of :data:`SAMPLERS`.
+
+    The frontier leaves out points whose test L1 is over twice the median point's (one that has
+    given up reconstruction would squash the others into a corner) and names them in a note.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    median_l1 = statistics.median(p["test_l1"][0] for p in points)
     for name, keys, (x_label, y_label) in (
         ("frontier", ("test_l1", "test_{}_fid"), ("test L1 (reconstruction)", "FID")),
         ("precision_recall", ("test_{}_recall", "test_{}_precision"), ("recall", "precision")),
     ):
+        shown = [p for p in points if name != "frontier" or p["test_l1"][0] <= 2 * median_l1]
         figure, panels = plt.subplots(1, len(SAMPLERS), figsize=(6 * len(SAMPLERS), 5))
         for axes, sampler in zip(panels, SAMPLERS, strict=True):
             x_key, y_key = (key.format(sampler) for key in keys)
+            off_scale = [
+                f"{p['label']} (L1 {format_number(p[x_key][0])}, FID {format_number(p[y_key][0])})"
+                for p in points
+                if p not in shown
+            ]
+            if off_scale:
+                axes.text(
+                    0.98, 0.02, "off scale: " + ", ".join(off_scale), transform=axes.transAxes,
+                    ha="right", fontsize=7,
+                )  # fmt: skip
             for family in FAMILIES:
                 for gan in (False, True):
-                    rows = [p for p in points if p["family"] == family and p["gan"] == gan]
+                    rows = [p for p in shown if p["family"] == family and p["gan"] == gan]
                     if not rows:
                         continue
                     rows.sort(key=lambda p: p[x_key][0])
@@ -836,19 +897,32 @@ def _figures(root: Path, dataset: str, points: list[dict[str, Any]]) -> None:
                         )
             axes.set_xlabel(x_label)
             axes.set_ylabel(y_label)
-            axes.set_title(f"{dataset}, {_SAMPLER_TITLES[sampler]}: mean +- sd, test split")
+            axes.set_title(SAMPLER_LABELS[sampler], fontsize=10)
             axes.grid(alpha=0.3)
             axes.legend(fontsize=8)
+        figure.suptitle(f"{dataset}: mean +- sd over seeds, test split")
         _save(figure, root / f"{dataset}_{name}.png")
         plt.close(figure)
 
 
+def _kept_run(folder: Path, point: Point, seeds: Sequence[int]) -> str | None:
+    """The first of ``point``'s scored runs whose folder is kept (a study resumed from committed
+    scores lacks the folders of their runs), or ``None``."""
+    for seed in seeds:
+        name = f"{point.name}-s{seed}"
+        record = _read_json(folder / "scores" / f"{name}.json")
+        if record is not None and "failed" not in record and (folder / "runs" / name).is_dir():
+            return name
+    return None
+
+
 @torch.no_grad()
 def _sample_grid(root: Path, dataset: str, points: list[Point], plan: Budget) -> bool:
-    """``DATASET_samples.png``: samples of the first seed's run of each point, a row for N(0, I)
-    and one for each ex-post sampler (fitted to the run's training codes as the scores are).
+    """``DATASET_samples.png``: samples of each point's first scored run whose folder is kept, a
+    row for N(0, I) and one for each ex-post sampler (fitted to the run's training codes as the
+    scores are).
 
-    Points whose first run failed are left out; ``False`` (and no figure) if all failed.
+    Points with no such run are left out; ``False`` (and no figure) if none has one.
     """
     from mixelbo_reference.checkpoint import load_run
     from mixelbo_reference.features import iter_images
@@ -858,9 +932,8 @@ def _sample_grid(root: Path, dataset: str, points: list[Point], plan: Budget) ->
     rows: list[Tensor] = []
     labels: list[str] = []
     for point in points:
-        name = f"{point.name}-s{plan.seeds[0]}"
-        record = _read_json(root / dataset / "scores" / f"{name}.json")
-        if record is None or "failed" in record:
+        name = _kept_run(root / dataset, point, plan.seeds)
+        if name is None:
             continue
         vae, _, config = load_run(root / dataset / "runs" / name)
         fitting, _ = config.datasets()
@@ -871,13 +944,13 @@ def _sample_grid(root: Path, dataset: str, points: list[Point], plan: Budget) ->
             generator = torch.Generator().manual_seed(PRIOR_SEED_OFFSET)
             z = latent_samples(sampler, samplers, 10, int(vae.latent_dim), generator)
             rows.append(vae.decode(z.float()).float())
-            labels.append(f"{point.name}, {sampler}")
+            labels.append(f"{name}, {sampler}")
     if not rows:
         return False
     save_image_grid(
         torch.stack(rows),
         root / f"{dataset}_samples.png",
-        title=f"{dataset}: samples of the chosen points, seed {plan.seeds[0]}",
+        title=f"{dataset}: samples of the chosen points",
         row_labels=labels,
     )
     return True
@@ -894,6 +967,12 @@ def _headline_cell(entry: dict[str, Any]) -> str:
         return f"n/a (frontier L1 {span})"
     bound = "<= " if entry.get("bound") == "upper" else ""
     return bound + _cell(entry["fid"]) + f" ({' / '.join(entry['between'])})"
+
+
+def _seed_ex_post_cell(entry: dict[str, Any] | None) -> str:
+    if entry is None:
+        return "n/a"
+    return f"{format_number(entry['ex_post'])} ({entry['ex_post_sampler']})"
 
 
 def _blocks(summary: dict[str, Any]) -> list[Any]:
@@ -967,6 +1046,42 @@ def _blocks(summary: dict[str, Any]) -> list[Any]:
                     ],
                 ),
             ]
+        by_seed = result.get("headline_by_seed") or {}
+        if by_seed.get("seeds"):
+            seeds = list(by_seed["seeds"])
+            blocks += [
+                Paragraph(
+                    "The same headline for each seed alone (its runs' frontier at its VAE's "
+                    "L1), then the mean and sd over the seeds: the headline's own spread."
+                ),
+                Table(
+                    [
+                        "family",
+                        *(f"N(0, I), seed {seed}" for seed in seeds),
+                        "N(0, I) mean +- sd",
+                        *(f"ex-post, seed {seed}" for seed in seeds),
+                        "ex-post mean +- sd",
+                    ],
+                    [
+                        [
+                            family,
+                            *(
+                                format_number(
+                                    by_seed["seeds"][seed].get(family, {}).get("prior", math.nan)
+                                )
+                                for seed in seeds
+                            ),
+                            _cell(by_seed["prior"][family]),
+                            *(
+                                _seed_ex_post_cell(by_seed["seeds"][seed].get(family))
+                                for seed in seeds
+                            ),
+                            _cell(by_seed["ex_post"][family]),
+                        ]
+                        for family in by_seed["prior"]
+                    ],
+                ),
+            ]
         blocks += [
             Figure(f"{dataset}_frontier.png", f"{dataset}: test L1 against FID, per sampler"),
             Figure(f"{dataset}_precision_recall.png", f"{dataset}: precision against recall"),
@@ -975,7 +1090,7 @@ def _blocks(summary: dict[str, Any]) -> list[Any]:
             blocks.append(
                 Figure(
                     f"{dataset}_samples.png",
-                    f"{dataset}: samples of the chosen points (seed 0), a row per sampler",
+                    f"{dataset}: samples of the chosen points (first kept run), a row per sampler",
                 )
             )
         chosen = result["chosen"]
@@ -1063,7 +1178,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="runs trained at once, in worker processes that share --threads (the default: "
         "two workers of one thread each)",
     )  # fmt: skip
-    parser.add_argument("--shard", default="0/1", help=argparse.SUPPRESS)
     parser.add_argument(
         "--report-only", action="store_true",
         help="train nothing: write the report of the runs scored so far (a study in progress)",
@@ -1084,8 +1198,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mixelbo-study: error: --jobs must be >= 1; got {args.jobs}", file=sys.stderr)
         return 2
     jobs = min(args.jobs, args.threads)
-    index, _, count = args.shard.partition("/")
-    shard = (int(index), int(count))
     torch.set_num_threads(args.threads if jobs == 1 else max(1, args.threads // jobs))
     try:
         elapsed = 0.0
@@ -1102,7 +1214,6 @@ def main(argv: list[str] | None = None) -> int:
             report=not args.no_report,
             elapsed=elapsed,
             jobs=jobs,
-            shard=shard,
             stage="report" if args.report_only else args.stage,
         )
     except ValueError as error:
